@@ -1,0 +1,215 @@
+"""What every defense shares: the round's updates, the aggregate, flattening, and the registry.
+
+A defense sees the previous global model's state and the round's client updates (plus its own
+history); it never imports attacks, data or the simulation.  The robust rule of each method is a
+plain function over a ``K x d`` matrix of flattened models; the classes registered here are thin
+wrappers that add history and the NaN/inf guard that every defense owes the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from fedgrad_core.registry import Registry
+
+State = Mapping[str, Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class ClientUpdate:
+    """One client's trained model for the round.
+
+    ``state`` holds the client's full local model (not the difference to the global model), with
+    exactly the global model's keys.  ``num_samples`` is the size of the data it trained on, the
+    weight FedAvg gives it.
+    """
+
+    client_id: int
+    state: State
+    num_samples: int
+
+
+@dataclass
+class Aggregate:
+    """The result of one round of aggregation.
+
+    ``flagged`` are the client ids the defense excluded (or, for defenses that do not exclude,
+    judged malicious); ``diagnostics`` is a JSON-friendly dict the simulation stores in the round's
+    history (scores, thresholds, clusters...).
+    """
+
+    global_state: dict[str, Tensor]
+    flagged: frozenset[int] = frozenset()
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- flat layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each floating-point tensor of a state dict lives in a flat vector.
+
+    Integer buffers (BatchNorm's ``num_batches_tracked``) are not part of the vector: they are
+    bookkeeping, not parameters, and are carried over from the global model.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    offsets: tuple[int, ...]  # start of each name; the last entry is the total size
+
+    @classmethod
+    def of(cls, state: State) -> "Layout":
+        names, shapes, offsets, total = [], [], [], 0
+        for name, tensor in state.items():
+            if not torch.is_floating_point(tensor):
+                continue
+            names.append(name)
+            shapes.append(tensor.shape)
+            offsets.append(total)
+            total += tensor.numel()
+        offsets.append(total)
+        return cls(tuple(names), tuple(shapes), tuple(offsets))
+
+    @property
+    def size(self) -> int:
+        return self.offsets[-1]
+
+    def slice_of(self, name: str) -> slice:
+        i = self.names.index(name)
+        return slice(self.offsets[i], self.offsets[i + 1])
+
+    def flatten(self, state: State) -> Tensor:
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise ValueError(f"state is missing keys {missing[:5]} of the global model")
+        parts = []
+        for name, shape in zip(self.names, self.shapes):
+            tensor = state[name]
+            if tensor.shape != shape:
+                raise ValueError(
+                    f"shape mismatch for {name!r}: got {tuple(tensor.shape)}, "
+                    f"global model has {tuple(shape)}"
+                )
+            parts.append(tensor.detach().reshape(-1).to(torch.float32))
+        return torch.cat(parts)
+
+    def unflatten(self, vector: Tensor, template: State) -> dict[str, Tensor]:
+        """A state dict with ``vector``'s values and ``template``'s non-float buffers and dtypes."""
+        out: dict[str, Tensor] = {}
+        for name, tensor in template.items():
+            if name in self.names:
+                piece = vector[self.slice_of(name)].reshape(tensor.shape)
+                out[name] = piece.to(dtype=tensor.dtype, device=tensor.device).clone()
+            else:
+                out[name] = tensor.clone()
+        return out
+
+
+def stack_states(updates: Sequence[ClientUpdate], layout: Layout) -> Tensor:
+    """The round's models as one ``K x d`` float32 matrix (rows in the order of ``updates``)."""
+    return torch.stack([layout.flatten(u.state) for u in updates])
+
+
+def sample_weights(updates: Sequence[ClientUpdate]) -> Tensor:
+    """FedAvg's weights n_i / n as a float64 vector (float64: sums of many small fractions)."""
+    counts = torch.tensor([float(u.num_samples) for u in updates], dtype=torch.float64)
+    if (counts <= 0).any():
+        raise ValueError("every ClientUpdate needs num_samples > 0")
+    return counts / counts.sum()
+
+
+def weighted_average(rows: Tensor, weights: Tensor) -> Tensor:
+    """sum_i w_i rows_i with weights that need not be normalised (normalised here)."""
+    w = weights.to(torch.float64)
+    w = w / w.sum()
+    return (w.to(rows.dtype)[:, None] * rows).sum(dim=0)
+
+
+# --------------------------------------------------------------------------- base class
+
+
+def is_finite_state(state: State) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if torch.is_floating_point(t))
+
+
+class Defense:
+    """Base of every registered defense: the NaN/inf guard around ``aggregate_finite``.
+
+    Subclasses implement ``aggregate_finite(global_state, updates, round_idx)`` for updates that
+    are all finite.  Updates holding NaN or inf are flagged here and never reach the rule, and a
+    non-finite result (which a correct rule never produces) keeps the previous global model, so a
+    broken client can neither crash the server nor poison the global model.
+    """
+
+    name = "base"
+
+    def aggregate(
+        self, global_state: State, updates: Sequence[ClientUpdate], round_idx: int
+    ) -> Aggregate:
+        if not updates:
+            raise ValueError("aggregate() needs at least one client update")
+        ids = [u.client_id for u in updates]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate client ids in one round: {sorted(ids)}")
+        expected = set(global_state)
+        for u in updates:
+            if set(u.state) != expected:
+                extra = sorted(set(u.state) - expected)[:3]
+                missing = sorted(expected - set(u.state))[:3]
+                raise ValueError(
+                    f"client {u.client_id}: state keys differ from the global model's "
+                    f"(missing {missing}, unexpected {extra})"
+                )
+        ok = [is_finite_state(u.state) for u in updates]
+        finite = [u for u, good in zip(updates, ok) if good]
+        broken = frozenset(u.client_id for u, good in zip(updates, ok) if not good)
+        if not finite:
+            return Aggregate(_copy_state(global_state), broken, {"non_finite": sorted(broken)})
+        result = self.aggregate_finite(global_state, finite, round_idx)
+        if not is_finite_state(result.global_state):
+            result = Aggregate(_copy_state(global_state), result.flagged, dict(result.diagnostics))
+            result.diagnostics["kept_previous_model"] = "aggregate was not finite"
+        if broken:
+            result.flagged = frozenset(result.flagged | broken)
+            result.diagnostics["non_finite"] = sorted(broken)
+        return result
+
+    def aggregate_finite(
+        self, global_state: State, updates: Sequence[ClientUpdate], round_idx: int
+    ) -> Aggregate:
+        raise NotImplementedError
+
+    def validate(self, clients_per_round: int) -> None:
+        """Raise ValueError when the method cannot run with this many updates per round."""
+
+
+def _copy_state(state: State) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+# --------------------------------------------------------------------------- registry
+
+REGISTRY: Registry[Defense] = Registry("defense", builtin="fedgrad_core.defenses")
+register = REGISTRY.register
+
+#: Parameters the simulation supplies to every defense whose constructor accepts them.
+CONTEXT_PARAMS = ("seed", "attacker_fraction", "model_factory", "num_classes")
+
+
+def available_defenses() -> list[str]:
+    return REGISTRY.names()
+
+
+def accepted_params(name: str) -> set[str]:
+    """Keyword parameters the defense ``name`` accepts."""
+    return REGISTRY.accepted_params(name)
+
+
+def make_defense(name: str, **params: Any) -> Defense:
+    """Build the defense registered as ``name`` with keyword-only parameters ``params``."""
+    return REGISTRY.make(name, **params)
