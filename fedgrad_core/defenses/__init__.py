@@ -1,7 +1,7 @@
 """Aggregation rules: FedAvg, FedGrad and the robust baselines, behind one registry.
 
 ``make_defense(name, **params)`` builds any of them; each module holds one method named after its
-paper and registers itself on import (the list below).
+paper and registers itself on import.
 """
 
 from fedgrad_core.defenses.base import (
@@ -10,6 +10,7 @@ from fedgrad_core.defenses.base import (
     Defense,
     Layout,
     available_defenses,
+    build_defense,
     make_defense,
     register,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Defense",
     "Layout",
     "available_defenses",
+    "build_defense",
     "make_defense",
     "register",
 ]

@@ -213,3 +213,15 @@ def accepted_params(name: str) -> set[str]:
 def make_defense(name: str, **params: Any) -> Defense:
     """Build the defense registered as ``name`` with keyword-only parameters ``params``."""
     return REGISTRY.make(name, **params)
+
+
+def build_defense(name: str, params: Mapping[str, Any], context: Mapping[str, Any]) -> Defense:
+    """``make_defense`` with the run's context filled in where the defense accepts it.
+
+    ``context`` holds the keys of ``CONTEXT_PARAMS`` (seed, attacker_fraction, model_factory,
+    num_classes); explicit ``params`` win over it.
+    """
+    accepted = accepted_params(name)
+    merged = {k: v for k, v in context.items() if k in accepted and k in CONTEXT_PARAMS}
+    merged.update(params)
+    return make_defense(name, **merged)
