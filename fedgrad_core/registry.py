@@ -43,14 +43,18 @@ class Registry(Generic[T]):
 
     def accepted_params(self, name: str) -> set[str]:
         sig = inspect.signature(self.factory(name))
-        return {p.name for p in sig.parameters.values() if p.kind is not p.VAR_POSITIONAL}
+        return {p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
     def make(self, name: str, **params: Any) -> T:
         factory = self.factory(name)
         accepted = self.accepted_params(name)
         unknown = sorted(set(params) - accepted)
-        if unknown:
+        if unknown and not _takes_any_keyword(factory):
             raise ValueError(
                 f"{self.kind} {name!r} has no parameter(s) {unknown}; it accepts {sorted(accepted)}"
             )
         return factory(**params)
+
+
+def _takes_any_keyword(factory: Callable) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())

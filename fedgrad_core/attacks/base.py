@@ -3,6 +3,7 @@
 The simulation owns the one training loop.  An attack never copies it; it acts through
 
 * ``setup(task, seed=...)``: build its poisoned data and the backdoor test set, once;
+  it returns the task the clients train on;
 * ``client_data(...)``: the data an attacker trains on (data poisoning);
 * ``local_training(base)``: its own lr / epochs where the threat model lets it choose;
 * ``training_hooks(...)``: per-batch hooks inside local training (trigger stamping, an extra
@@ -51,8 +52,11 @@ class Attack:
     #: Whether the attack needs attackers in the client pool (False only for ``none``).
     needs_attackers = True
 
-    def setup(self, task: Task, *, seed: int) -> None:
-        """Prepare poisoned data and the backdoor test set (called once per run)."""
+    def setup(self, task: Task, *, seed: int) -> Task:
+        """Prepare poisoned data and the backdoor test set (called once per run, before the data
+        is partitioned); returns the task the clients train on (an edge-case builder may remove
+        its tail examples from the clean data)."""
+        return task
 
     def backdoor_test_set(self) -> Optional[Split]:
         """Inputs and the labels the attacker wants for them; None when there is nothing to test."""

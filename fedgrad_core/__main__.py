@@ -1,0 +1,3 @@
+from fedgrad_core.cli import main
+
+raise SystemExit(main())

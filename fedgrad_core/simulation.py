@@ -1,0 +1,279 @@
+"""The one federated round loop shared by every defense and attack.
+
+sample K of N clients -> local training (attack hooks for attackers) -> defense aggregates (timed)
+-> evaluate main and backdoor accuracy -> record TPR / FPR -> checkpoint.
+
+Every random choice is drawn from a generator seeded by (seed, purpose, round, client), so a round
+does not depend on how many random numbers earlier rounds drew: the same seed gives the same
+history, and a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fedgrad_core.attacks import RoundContext, make_attack
+from fedgrad_core.config import ExperimentConfig, attack_params, defense_context, validate
+from fedgrad_core.data import load_task
+from fedgrad_core.data.partition import partition
+from fedgrad_core.data.task import Split, Task
+from fedgrad_core.defenses import ClientUpdate, build_defense
+from fedgrad_core.models import make_model
+from fedgrad_core.results import RunResult, atomic_write, provenance
+from fedgrad_core.training import LocalTraining, local_train, predict
+
+log = logging.getLogger(__name__)
+
+# Purposes of the seeded generators (any fixed distinct integers).
+_POOL, _SAMPLE, _TRAIN, _PRETRAIN, _PARTITION = 1, 2, 3, 4, 5
+
+
+def rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *keys])
+
+
+def torch_generator(seed: int, *keys: int) -> torch.Generator:
+    value = int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(value)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def attacker_pool(config: ExperimentConfig) -> tuple[int, ...]:
+    """The fixed attacker pool: ``num_attackers`` client ids drawn once from the seed."""
+    chosen = rng(config.seed, _POOL).choice(config.num_clients, size=config.num_attackers, replace=False)
+    return tuple(sorted(int(c) for c in chosen))
+
+
+def sample_clients(config: ExperimentConfig, round_idx: int) -> tuple[int, ...]:
+    chosen = rng(config.seed, _SAMPLE, round_idx).choice(
+        config.num_clients, size=config.clients_per_round, replace=False
+    )
+    return tuple(sorted(int(c) for c in chosen))
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    out: Optional[str | Path] = None,
+    checkpoint_every: Optional[int] = None,
+    checkpoint_path: Optional[str | Path] = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: Optional[int] = None,
+) -> RunResult:
+    """Run ``config`` and return its result; also saved to ``out`` (JSON) when given.
+
+    ``checkpoint_every`` rounds, the state (global model, defense, history) is written atomically
+    to ``checkpoint_path`` (default: ``out`` + ``.ckpt``); with ``resume`` a run continues from it.
+    ``stop_after`` ends the run after that round (as an interrupted run would), for tests.
+    """
+    validate(config)
+    device = resolve_device(config.device)
+    ckpt = Path(checkpoint_path) if checkpoint_path else (Path(str(out) + ".ckpt") if out else None)
+    if (checkpoint_every or resume) and ckpt is None:
+        raise ValueError("checkpointing needs out= or checkpoint_path=")
+
+    attack = make_attack(config.attack, **attack_params(config))
+    task = attack.setup(load_task(config.dataset), seed=config.seed)
+    backdoor = attack.backdoor_test_set()
+    shards = [
+        task.train.subset(idx)
+        for idx in partition(
+            task.train.y.numpy(), config.num_clients, scheme=config.partition, noniid=config.noniid,
+            seed=int(rng(config.seed, _PARTITION).integers(2**31)),
+        )
+    ]
+    pool = attacker_pool(config)
+    in_channels = task.image_shape[0]
+    model = make_model(config.model_name, in_channels=in_channels, num_classes=task.num_classes, seed=config.seed)
+    model.to(device)
+    defense = build_defense(config.defense, config.defense_params, defense_context(config))
+    meta = {**provenance(device), "data_source": task.source, "attacker_pool": list(pool)}
+
+    history: list[dict[str, Any]] = []
+    start_round = 1
+    if resume and ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["config"] != config.to_dict():
+            raise ValueError(f"checkpoint {ckpt} was written for a different configuration")
+        model.load_state_dict(state["global_state"])
+        defense, history = state["defense"], state["history"]
+        start_round = state["round"] + 1
+        log.info("resumed from %s after round %d", ckpt, state["round"])
+    elif config.pretrain_epochs:
+        model.load_state_dict(pretrained_state(config, task, device))
+
+    worker = make_model(config.model_name, in_channels=in_channels, num_classes=task.num_classes, seed=config.seed)
+    worker.to(device)
+    last_round = min(config.rounds, stop_after) if stop_after else config.rounds
+    bar = tqdm(range(start_round, last_round + 1), desc=f"{config.defense}/{config.attack}", disable=not progress)
+    for round_idx in bar:
+        record = run_round(config, round_idx, model, worker, defense, attack, task, backdoor, shards, pool, device)
+        history.append(record)
+        bar.set_postfix(main=_fmt(_latest(history, "main_acc")), backdoor=_fmt(_latest(history, "backdoor_acc")))
+        if ckpt is not None and checkpoint_every and (round_idx % checkpoint_every == 0 or round_idx == last_round):
+            payload = {
+                "config": config.to_dict(), "round": round_idx, "history": history, "defense": defense,
+                "global_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            }
+            atomic_write(ckpt, lambda fh: torch.save(payload, fh))
+
+    result = RunResult(config, history, meta)
+    if out is not None:
+        result.save(out)
+        log.info("results written to %s", out)
+    return result
+
+
+def run_round(
+    config: ExperimentConfig,
+    round_idx: int,
+    model: torch.nn.Module,
+    worker: torch.nn.Module,
+    defense,
+    attack,
+    task: Task,
+    backdoor: Optional[Split],
+    shards: list[Split],
+    pool: tuple[int, ...],
+    device: str,
+) -> dict[str, Any]:
+    """One round: train the selected clients, aggregate, evaluate; returns the history record."""
+    selected = sample_clients(config, round_idx)
+    attackers = tuple(c for c in selected if c in pool)
+    lr = config.lr * config.lr_decay ** (round_idx - 1)
+    benign = LocalTraining(lr, config.local_epochs, config.batch_size, config.momentum, config.weight_decay)
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    generators = {c: torch_generator(config.seed, _TRAIN, round_idx, c) for c in selected}
+    data = {
+        c: attack.client_data(c, pool.index(c), shards[c], round_idx, generators[c]) if c in pool else shards[c]
+        for c in selected
+    }
+    ctx = RoundContext(round_idx, global_state, selected, attackers, {c: len(d) for c, d in data.items()}, lr)
+    updates = []
+    for c in selected:
+        worker.load_state_dict(global_state)
+        if c in pool:
+            rank = pool.index(c)
+            hooks = attack.training_hooks(c, rank, ctx, generators[c])
+            local_train(worker, data[c], attack.local_training(benign), generator=generators[c], hooks=hooks, device=device)
+            state = attack.after_training(_detached(worker), c, rank, ctx)
+        else:
+            local_train(worker, data[c], benign, generator=generators[c], device=device)
+            state = _detached(worker)
+        updates.append(ClientUpdate(c, state, len(data[c])))
+
+    started = time.perf_counter()
+    aggregate = defense.aggregate(global_state, updates, round_idx)
+    seconds = time.perf_counter() - started
+    model.load_state_dict(aggregate.global_state)
+
+    flagged = sorted(int(c) for c in aggregate.flagged)
+    benign_ids = [c for c in selected if c not in attackers]
+    record: dict[str, Any] = {
+        "round": round_idx,
+        "main_acc": None,
+        "backdoor_acc": None,
+        "tpr": _share(flagged, attackers),
+        "fpr": _share(flagged, benign_ids),
+        "attackers": list(attackers),
+        "flagged": flagged,
+        "selected": list(selected),
+        "aggregation_seconds": seconds,
+        "lr": lr,
+    }
+    if round_idx % config.eval_every == 0 or round_idx == config.rounds:
+        record["main_acc"] = accuracy(model, task.test, device)
+        record["backdoor_acc"] = accuracy(model, backdoor, device) if backdoor is not None else None
+    if aggregate.diagnostics:
+        record["defense"] = _jsonable(aggregate.diagnostics)
+    return record
+
+
+def accuracy(model: torch.nn.Module, split: Split, device: str) -> float:
+    """Share of ``split`` predicted as its labels (for a backdoor set: as the attacker's target)."""
+    return float((predict(model, split.x, device=device) == split.y).double().mean())
+
+
+def pretrained_state(config: ExperimentConfig, task: Task, device: str) -> dict[str, torch.Tensor]:
+    """Centralised training of the starting model on the clean training set, cached on disk.
+
+    The paper starts from a pretrained global model (about 10 epochs).  The cache key covers
+    everything that changes the result: data set, its source and size, model, epochs, lr, batch
+    size and seed.
+    """
+    key_fields = {
+        "dataset": config.dataset, "source": task.source, "n_train": len(task.train), "model": config.model_name,
+        "epochs": config.pretrain_epochs, "lr": config.pretrain_lr, "batch_size": config.batch_size,
+        "seed": config.seed, "momentum": config.momentum, "weight_decay": config.weight_decay,
+    }
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "pretrained" / f"{config.dataset}-{config.model_name}-{key}.pt"
+    if path.exists():
+        log.info("pretrained model from cache %s", path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    model = make_model(config.model_name, in_channels=task.image_shape[0], num_classes=task.num_classes, seed=config.seed)
+    model.to(device)
+    settings = LocalTraining(config.pretrain_lr, config.pretrain_epochs, config.batch_size, config.momentum, config.weight_decay)
+    local_train(model, task.train, settings, generator=torch_generator(config.seed, _PRETRAIN), device=device)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda fh: torch.save(state, fh))
+    log.info("pretrained model cached at %s", path)
+    return state
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FEDGRAD_CACHE", Path.home() / ".cache" / "fedgrad" / "cache"))
+
+
+def _detached(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _share(flagged: list[int], group: list[int] | tuple[int, ...]) -> Optional[float]:
+    """Share of ``group`` that was flagged; None when the group is empty (rate undefined)."""
+    if not group:
+        return None
+    return sum(1 for c in group if c in flagged) / len(group)
+
+
+def _latest(history: list[dict[str, Any]], key: str) -> Optional[float]:
+    return next((r[key] for r in reversed(history) if r.get(key) is not None), None)
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _jsonable(value: Any) -> Any:
+    """Diagnostics as plain JSON types (tensors and numpy values become lists and numbers)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return [_jsonable(v) for v in items]
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
