@@ -25,6 +25,8 @@ Deviations from the FedGrad authors' runs (one line each):
 - The weights also multiply the sample counts (theirs: ``np.average`` with the FoolsGold weights alone).
 - No epsilon inside the pardoning and the logit (theirs added 1e-5 to both; the paper has none);
   pardoning is skipped where ``v_j <= 0`` (a division the paper never meets).
+- ``1 - cos < 1e-9`` counts as parallel (alpha 0), so that rounding cannot turn identical
+  sybils into weight-1 clients through the rescaling (theirs: whatever the rounding gives).
 - ``features="ultimate"`` (an option; default "all" as theirs) keeps only the last linear layer's
   history, which bounds the server's memory (K x d per round, one d-vector per client ever seen).
 """
@@ -48,6 +50,10 @@ from fedgrad_core.defenses.base import (
 from fedgrad_core.defenses.krum import cosine_similarities, gram64, sorted_updates, update_matrix
 
 
+#: ``1 - cos`` below this counts as exactly parallel (float64 rounding of the Gram matrix).
+PARALLEL_TOL = 1e-9
+
+
 def foolsgold_weights(history: Tensor, *, kappa: float = 1.0) -> Tensor:
     """FoolsGold's per-client weights in [0, 1] from the K x d matrix of update histories."""
     if not kappa > 0:
@@ -62,6 +68,9 @@ def foolsgold_weights(history: Tensor, *, kappa: float = 1.0) -> Tensor:
     cs = torch.where(pardon, cs * ratio, cs)
     cs.fill_diagonal_(0.0)
     alpha = (1.0 - cs.max(dim=1).values).clamp(0.0, 1.0)
+    # cosines within float64 rounding of 1 are parallel histories: without this, rounding noise
+    # of ~1e-16 would be rescaled to weight 1 below
+    alpha[alpha < PARALLEL_TOL] = 0.0
     top = float(alpha.max()) if k else 0.0
     if top <= 0.0:
         return torch.zeros(k, dtype=torch.float64)

@@ -1,0 +1,106 @@
+"""Krum and Multi-Krum on 1-D points whose scores can be checked by hand."""
+
+import pytest
+import torch
+
+from fedgrad_core.defenses import ClientUpdate, make_defense
+from fedgrad_core.defenses.krum import krum, krum_scores
+
+
+def _round(values, ids, samples):
+    global_state = {"w": torch.zeros(1)}
+    updates = [
+        ClientUpdate(i, {"w": torch.tensor([float(v)])}, n) for v, i, n in zip(values, ids, samples)
+    ]
+    return global_state, updates
+
+
+def test_scores_are_sums_of_squared_distances_to_the_n_minus_f_minus_2_nearest():
+    # Prepare: points 0, 1, 2, 3, 20; n = 5, f = 1 -> 2 nearest neighbours
+    deltas = torch.tensor([[0.0], [1.0], [2.0], [3.0], [20.0]])
+    # Execute
+    scores = krum_scores(deltas, f=1)
+    # Assert: 0 -> 1 + 4, 1 -> 1 + 1, 2 -> 1 + 1, 3 -> 1 + 4, 20 -> 17^2 + 18^2
+    assert scores.tolist() == [5.0, 2.0, 2.0, 5.0, 613.0]
+
+
+def test_krum_picks_the_lowest_score_and_breaks_ties_by_client_id():
+    # points 1 and 2 tie (score 2); the client holding 2 has the lower id (3)
+    global_state, updates = _round([0, 1, 2, 3, 20], ids=[10, 11, 3, 12, 13], samples=[1] * 5)
+    result = krum(global_state, updates, attacker_fraction=0.25)
+    assert result.global_state["w"].item() == 2.0
+    assert result.flagged == frozenset({10, 11, 12, 13})
+    assert result.diagnostics["f"] == 1 and result.diagnostics["selected"] == [3]
+
+
+def test_krum_class_returns_the_chosen_clients_exact_model():
+    global_state, updates = _round([0, 1, 2.5, 3, 20], ids=range(5), samples=[1] * 5)
+    result = make_defense("krum").aggregate(global_state, updates, round_idx=0)
+    assert torch.equal(result.global_state["w"], torch.tensor([2.5]))
+
+
+def test_multikrum_averages_the_m_best_weighted_by_samples():
+    # m = n - f = 4 best: 0, 1, 2, 3 (the outlier 20 is dropped); weights 1, 2, 3, 4
+    global_state, updates = _round([0, 1, 2, 3, 20], ids=range(5), samples=[1, 2, 3, 4, 100])
+    result = make_defense("multikrum").aggregate(global_state, updates, round_idx=0)
+    assert result.global_state["w"].item() == pytest.approx((0 + 2 + 6 + 12) / 10)
+    assert result.flagged == frozenset({4})
+
+
+def test_multikrum_with_explicit_m():
+    global_state, updates = _round([0, 1, 2, 3, 20], ids=range(5), samples=[1] * 5)
+    result = make_defense("multikrum", m=2).aggregate(global_state, updates, round_idx=0)
+    assert result.global_state["w"].item() == pytest.approx(1.5)
+    assert result.flagged == frozenset({0, 3, 4})
+
+
+@pytest.mark.parametrize(
+    "n, f, ok", [(4, 1, False), (5, 1, True), (6, 2, False), (7, 2, True), (3, 0, True)]
+)
+def test_validate_requires_n_greater_than_2f_plus_2(n, f, ok):
+    defense = make_defense("krum", f=f)
+    if ok:
+        defense.validate(n)
+    else:
+        with pytest.raises(ValueError, match="n > 2f"):
+            defense.validate(n)
+
+
+@pytest.mark.parametrize("k, ok", [(4, False), (5, True), (10, True), (30, True)])
+def test_validate_with_the_default_attacker_fraction(k, ok):
+    for name in ("krum", "multikrum"):
+        if ok:
+            make_defense(name, attacker_fraction=0.25).validate(k)
+        else:
+            with pytest.raises(ValueError, match="n > 2f"):
+                make_defense(name, attacker_fraction=0.25).validate(k)
+
+
+def test_function_raises_when_the_assumption_breaks():
+    global_state, updates = _round([0, 1, 2, 3], ids=range(4), samples=[1] * 4)
+    with pytest.raises(ValueError, match="n > 2f"):
+        krum(global_state, updates, f=1)
+
+
+@pytest.mark.parametrize(
+    "params", [{"f": -1}, {"attacker_fraction": 1.5}, {"attacker_fraction": -0.1}]
+)
+def test_invalid_parameters_raise(params):
+    with pytest.raises(ValueError):
+        make_defense("krum", **params)
+
+
+def test_krum_rejects_m_and_multikrum_rejects_m_zero():
+    with pytest.raises(ValueError):
+        make_defense("krum", m=2)
+    with pytest.raises(ValueError):
+        make_defense("multikrum", m=0)
+
+
+def test_f_shrinks_when_non_finite_updates_leave_too_few():
+    # 5 clients planned with f = 1; one sends NaN -> 4 finite, f shrinks to 0
+    global_state, updates = _round([0, 1, 2, 3, float("nan")], ids=range(5), samples=[1] * 5)
+    result = make_defense("krum", f=1).aggregate(global_state, updates, round_idx=0)
+    assert result.diagnostics["f_reduced_to"] == 0
+    assert 4 in result.flagged
+    assert torch.isfinite(result.global_state["w"]).all()
