@@ -1,0 +1,256 @@
+"""The paper's two results as code: Proposition 1 (sign pattern) and Theorem 1 (expected rounds).
+
+Proposition 1 (paper section 3).  Let ``R = R(x)`` be the penultimate representation of a sample
+of class ``j``, ``L = W R + b`` the logits, ``p = softmax(L)`` and the loss the cross-entropy
+``-log p_j`` (natural log).  Then
+
+    dL/dw_rc = (p_r - y_r) R_c        dL/db_r = p_r - y_r,
+
+so one plain SGD step (learning rate ``lr``, no momentum, no weight decay) changes the ultimate
+layer by
+
+    dw_jc = +lr (1 - p_j) R_c         db_j = +lr (1 - p_j) > 0
+    dw_rc = -lr p_r R_c   (r != j)    db_r = -lr p_r < 0        (r != j).
+
+Row ``j`` moves with ``sign(R_c)``, every other row with ``-sign(R_c)``; entries with ``R_c = 0``
+do not move.  With a ReLU penultimate layer ``R >= 0``, so row ``j`` grows and every other row
+shrinks wherever ``R_c > 0``.  The paper writes the loss with ``log_10``, which multiplies every
+gradient by ``1 / ln 10``: a positive factor that changes no sign; it is an artefact of the log
+base.  (Its equation (9) also drops the ``r != j`` bias term ``p_r``: the other biases do move,
+downwards, which is what the proposition's statement needs.)
+
+Theorem 1 (paper section 6.2).  With ``n`` clients and ``K`` drawn uniformly per round, the
+paper states that the expected number of rounds ``delta`` "needed to estimate the similarity of
+all client pairs" satisfies
+
+    delta <= 1 + sum_{i=K}^{n-1} C(n, K) / (C(n, K) - C(i, K)).
+
+Read as written, the sum's terms are the waits for the number of *clients seen so far* to grow
+from ``i`` (a round brings nobody new with probability ``C(i, K) / C(n, K)``): it bounds the
+rounds until every client has joined at least once, not until every pair has met.  Figure 10's
+numbers match that event: for ``n = 100`` the exact expectation (``expected_rounds_all_clients``)
+is 23.9 rounds at ``K = 20`` and 49.9 at ``K = 10`` (paper: "roughly 25" and "about 50"), while
+the bound gives 90.3 and 116.8, and every *pair* meeting takes about 234 and 987 rounds
+(``simulate_rounds_until_covered(..., pairs=True)``).  Each function is named for what it computes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class SignPattern:
+    """What one SGD step on one sample of class ``label`` did to the ultimate layer.
+
+    ``delta_w`` (classes x features) and ``delta_b`` (classes) are the changes, ``representation``
+    is ``R`` (features) and ``probabilities`` is ``p`` before the step; ``predicted_w`` and
+    ``predicted_b`` are the closed forms ``lr (y - p) R^T`` and ``lr (y - p)``.  All float64.
+    """
+
+    label: int
+    lr: float
+    delta_w: Tensor
+    delta_b: Tensor
+    representation: Tensor
+    probabilities: Tensor
+    predicted_w: Tensor
+    predicted_b: Tensor
+
+    @property
+    def target_bias_increases(self) -> bool:
+        return bool(self.delta_b[self.label] > 0)
+
+    @property
+    def other_biases_decrease(self) -> bool:
+        others = torch.ones_like(self.delta_b, dtype=torch.bool)
+        others[self.label] = False
+        return bool((self.delta_b[others] < 0).all())
+
+    @property
+    def target_row_follows_sign_of_r(self) -> bool:
+        """Every entry of row ``label`` has the sign of ``R_c`` (0 where ``R_c = 0``)."""
+        return bool(torch.equal(torch.sign(self.delta_w[self.label]), torch.sign(self.representation)))
+
+    @property
+    def other_rows_oppose_sign_of_r(self) -> bool:
+        """Every entry of the other rows has the sign of ``-R_c`` (0 where ``R_c = 0``)."""
+        others = [r for r in range(self.delta_w.shape[0]) if r != self.label]
+        expected = -torch.sign(self.representation).expand(len(others), -1)
+        return bool(torch.equal(torch.sign(self.delta_w[others]), expected))
+
+    @property
+    def zero_representation_unchanged(self) -> bool:
+        """Columns with ``R_c = 0`` do not change at all."""
+        return bool((self.delta_w[:, self.representation == 0] == 0).all())
+
+    @property
+    def holds(self) -> bool:
+        """All parts of Proposition 1 hold for this sample."""
+        return (
+            self.target_bias_increases
+            and self.other_biases_decrease
+            and self.target_row_follows_sign_of_r
+            and self.other_rows_oppose_sign_of_r
+            and self.zero_representation_unchanged
+        )
+
+    @property
+    def max_error(self) -> float:
+        """Largest deviation of the measured change from the closed form."""
+        return float(
+            max(
+                (self.delta_w - self.predicted_w).abs().max(),
+                (self.delta_b - self.predicted_b).abs().max(),
+            )
+        )
+
+
+def _linear_by_keys(model: nn.Module, keys: Optional[Sequence[str]]) -> nn.Linear:
+    if keys is None:
+        last = None
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                last = module
+        if last is None:
+            raise ValueError(f"{type(model).__name__} has no nn.Linear layer")
+        return last
+    weight_key = keys[0]
+    if not weight_key.endswith(".weight"):
+        raise ValueError(f"ultimate_layer's weight key must end in '.weight', got {weight_key!r}")
+    try:
+        module = model.get_submodule(weight_key[: -len(".weight")])
+    except AttributeError as exc:
+        raise ValueError(f"the model has no layer {weight_key!r}: {exc}") from None
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"{weight_key!r} is not the weight of an nn.Linear")
+    return module
+
+
+def proposition1_sign_pattern(
+    model: nn.Module,
+    x: Tensor,
+    label: int,
+    *,
+    lr: float = 0.1,
+    ultimate_layer: Optional[Sequence[str]] = None,
+) -> SignPattern:
+    """Train a float64 copy of ``model`` for one plain SGD step on ``(x, label)``; report the change
+    of its ultimate layer (the last ``nn.Linear``, or the one named by ``ultimate_layer``, a pair
+    of state-dict keys (weight, bias)).
+
+    The copy is put in eval mode (no dropout noise, batch norm uses its running statistics) and in
+    float64, so that changes as small as ``lr p_r R_c`` stay visible.  ``model`` is not modified.
+    """
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    work = copy.deepcopy(model).to(torch.float64).eval()
+    layer = _linear_by_keys(work, ultimate_layer)
+    if layer.bias is None:
+        raise ValueError("the ultimate layer has no bias")
+    num_classes = layer.out_features
+    if not 0 <= int(label) < num_classes:
+        raise ValueError(f"label {label} is not a class of a {num_classes}-class model")
+    x = x.to(torch.float64)
+    if x.dim() == 0 or x.shape[0] != 1:
+        x = x.unsqueeze(0)
+
+    captured: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
+    try:
+        logits = work(x)
+    finally:
+        handle.remove()
+    if logits.shape != (1, num_classes):
+        raise ValueError(f"expected logits of shape (1, {num_classes}), got {tuple(logits.shape)}")
+    rep = captured[0].reshape(-1)
+    probs = torch.softmax(logits.detach(), dim=1).reshape(-1)
+
+    before_w, before_b = layer.weight.detach().clone(), layer.bias.detach().clone()
+    optimiser = torch.optim.SGD(work.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
+    optimiser.zero_grad(set_to_none=True)
+    F.cross_entropy(logits, torch.tensor([int(label)])).backward()
+    optimiser.step()
+
+    y = torch.zeros(num_classes, dtype=torch.float64)
+    y[int(label)] = 1.0
+    return SignPattern(
+        label=int(label),
+        lr=float(lr),
+        delta_w=layer.weight.detach() - before_w,
+        delta_b=layer.bias.detach() - before_b,
+        representation=rep,
+        probabilities=probs,
+        predicted_w=lr * torch.outer(y - probs, rep),
+        predicted_b=lr * (y - probs),
+    )
+
+
+def expected_rounds_bound(n: int, k: int) -> float:
+    """Theorem 1's upper bound on the expected rounds until every pair of ``n`` clients has met,
+    ``K = k`` clients drawn per round: ``1 + sum_{i=K}^{n-1} C(n,K) / (C(n,K) - C(i,K))``.
+
+    Exact rational arithmetic, then one rounding to float.
+    """
+    for name, value in (("n", n), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not 2 <= k <= n:
+        raise ValueError(f"need 2 <= k <= n (a round must hold a pair), got n={n}, k={k}")
+    total = math.comb(n, k)
+    bound = Fraction(1)
+    for i in range(k, n):
+        bound += Fraction(total, total - math.comb(i, k))
+    return float(bound)
+
+
+def expected_rounds_all_clients(n: int, k: int) -> float:
+    """Exact expected rounds until every one of ``n`` clients has joined at least once, ``k``
+    drawn uniformly without replacement per round (inclusion-exclusion over the unseen clients):
+    ``sum_{j=1}^{n} (-1)^(j+1) C(n, j) / (1 - C(n-j, k) / C(n, k))``.  Exact rationals."""
+    for name, value in (("n", n), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+    total = math.comb(n, k)
+    expectation = Fraction(0)
+    for j in range(1, n + 1):
+        miss = Fraction(math.comb(n - j, k), total)
+        expectation += (-1) ** (j + 1) * math.comb(n, j) / (1 - miss)
+    return float(expectation)
+
+
+def simulate_rounds_until_covered(
+    n: int, k: int, *, pairs: bool, repetitions: int = 100, seed: int = 0
+) -> float:
+    """Monte Carlo mean of the rounds until every client (``pairs=False``) or every pair of
+    clients (``pairs=True``) has been drawn together at least once."""
+    import numpy as np
+
+    if not (isinstance(n, int) and isinstance(k, int) and 2 <= k <= n):
+        raise ValueError(f"need integers 2 <= k <= n, got n={n!r}, k={k!r}")
+    if not (isinstance(repetitions, int) and repetitions >= 1):
+        raise ValueError(f"repetitions must be a positive integer, got {repetitions!r}")
+    rng = np.random.default_rng(seed)
+    rounds = []
+    for _ in range(repetitions):
+        seen = np.eye(n, dtype=bool) if pairs else np.zeros(n, dtype=bool)
+        t = 0
+        while not seen.all():
+            chosen = rng.choice(n, size=k, replace=False)
+            t += 1
+            if pairs:
+                seen[np.ix_(chosen, chosen)] = True
+            else:
+                seen[chosen] = True
+        rounds.append(t)
+    return float(np.mean(rounds))
