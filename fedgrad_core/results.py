@@ -87,7 +87,7 @@ def provenance(device: str) -> dict[str, Any]:
 
     from fedgrad_core import __version__
 
-    hardware = platform.processor() or platform.machine()
+    hardware = _cpu_name()
     if device.startswith("cuda") and torch.cuda.is_available():
         hardware = torch.cuda.get_device_name(torch.device(device))
     return {
@@ -99,6 +99,16 @@ def provenance(device: str) -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _git_commit() -> str | None:
