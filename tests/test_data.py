@@ -103,3 +103,21 @@ def test_cifar10_and_southwest(data_source):
     assert np.bincount(task.train.y.numpy()).tolist() == [5000] * 10
     assert edge.train.shape == (784, 3, 32, 32) and edge.test.shape == (196, 3, 32, 32)
     assert edge.target == 9
+
+
+@pytest.mark.needs_data
+def test_emnist_loader_turns_images_upright(data_source):
+    """The EMNIST fragment (raw EMNIST orientation) matches MNIST's class means only once upright."""
+    from fedgrad_core.data.datasets import _emnist_upright
+    from fedgrad_core.data.sources import load_arrays
+
+    fragment = load_arrays(data_source / "edge-case" / "emnist_digits_fragment.npz")
+    mnist = load_task("mnist")
+    means = torch.stack([mnist.train.x[mnist.train.y == c].mean(0) for c in range(10)]).flatten(1)
+
+    def template_accuracy(images):  # nearest MNIST class mean
+        x = mnist.normalize(images).flatten(1)
+        return float((torch.cdist(x, means).argmin(1).numpy() == fragment["y"]).mean())
+
+    upright = _emnist_upright({"x_train": fragment["x"].copy(), "x_test": fragment["x"][:1].copy()})["x_train"]
+    assert template_accuracy(upright) > 0.5 > 0.25 > template_accuracy(fragment["x"])
