@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 book: $(STAMP)
-	$(BIN)/python -m ipykernel install --user --name fedgrad --display-name "fedgrad (.venv)" > /dev/null
+	$(BIN)/python -m ipykernel install --sys-prefix --name fedgrad --display-name "fedgrad (.venv)" > /dev/null
 	$(BIN)/python book/run_notebooks.py --profile $(PROFILE)
 	$(BIN)/jupyter-book build book
 
