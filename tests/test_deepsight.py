@@ -1,0 +1,289 @@
+"""DeepSight (Rieger et al., NDSS 2022): filtering, its building blocks and its contracts."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fedgrad_core.data import load_task
+from fedgrad_core.data.task import Split
+from fedgrad_core.defenses import ClientUpdate, build_defense, make_defense
+from fedgrad_core.defenses.deepsight import (
+    DeepSight,
+    cluster_vote,
+    co_membership_distances,
+    infer_input_shape,
+    normalized_energy_updates,
+    suspicious_labels,
+    threshold_exceedings,
+)
+from fedgrad_core.models import make_model
+from fedgrad_core.training import LocalTraining, local_train
+
+DIGITS = functools.partial(make_model, "digits_mlp", in_channels=1, num_classes=10, seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models here are tiny: one torch thread is faster than two (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _copy(state):
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _shifted(state, gen, scale, bias_shift=None):
+    """``state`` plus Gaussian noise of std ``scale`` (and an optional shift of the last bias)."""
+    out = {k: v + scale * torch.randn(v.shape, generator=gen) for k, v in state.items()}
+    if bias_shift is not None:
+        out["classifier.bias"] = out["classifier.bias"] + bias_shift
+    return out
+
+
+# --------------------------------------------------------------------------- the attack scenario
+
+
+@pytest.fixture(scope="module")
+def relabel_round(one_thread):
+    """A pretrained digits MLP, 7 benign clients on random shards, 3 attackers with 7 -> 1."""
+    task = load_task("digits")
+    x, y = task.train.x, task.train.y
+    global_model = DIGITS()
+    local_train(
+        global_model,
+        task.train,
+        LocalTraining(lr=0.05, epochs=1, batch_size=32),
+        generator=torch.Generator().manual_seed(0),
+    )
+    global_state = _copy(global_model.state_dict())
+    settings = LocalTraining(lr=0.05, epochs=2, batch_size=32)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(y))
+    updates = []
+    for c in range(7):
+        idx = perm[c * 120 : (c + 1) * 120]
+        model = DIGITS()
+        model.load_state_dict(global_state)
+        local_train(model, task.train.subset(idx), settings, generator=torch.Generator().manual_seed(c + 1))
+        updates.append(ClientUpdate(c, _copy(model.state_dict()), len(idx)))
+    sevens = np.flatnonzero(y.numpy() == 7)
+    for a in range(3):
+        clean = rng.choice(len(y), 40, replace=False)
+        poisoned = rng.choice(sevens, 80, replace=False)
+        data = Split(
+            torch.cat([x[poisoned], x[clean]]),
+            torch.cat([torch.full((80,), 1, dtype=torch.int64), y[clean]]),
+        )
+        model = DIGITS()
+        model.load_state_dict(global_state)
+        local_train(model, data, settings, generator=torch.Generator().manual_seed(50 + a))
+        updates.append(ClientUpdate(7 + a, _copy(model.state_dict()), len(data)))
+    return global_state, updates
+
+
+def test_flags_the_relabelling_attackers(relabel_round):
+    # Prepare
+    global_state, updates = relabel_round
+    defense = make_defense("deepsight", model_factory=DIGITS, num_classes=10, seed=0)  # paper defaults
+    # Execute
+    result = defense.aggregate(global_state, updates, round_idx=1)
+    # Assert
+    attackers = {7, 8, 9}
+    assert attackers <= result.flagged
+    assert len(result.flagged - attackers) <= 2  # most benign clients accepted
+    diag = result.diagnostics
+    assert set(diag["accepted"]) == set(range(10)) - result.flagged
+    assert [diag["suspicious"][i] for i in (7, 8, 9)] == [1, 1, 1]
+    assert max(diag["threshold_exceedings"][7:]) < min(diag["threshold_exceedings"][:7])
+    assert diag["input_shape"] == [1, 8, 8]
+    json.dumps(diag)  # JSON-friendly
+    assert all(torch.isfinite(v).all() for v in result.global_state.values())
+
+
+def test_client_order_does_not_matter(relabel_round):
+    # Prepare
+    global_state, updates = relabel_round
+    defense = DeepSight(model_factory=DIGITS, num_noise_samples=1000, seed=3)
+    shuffled = [updates[i] for i in np.random.default_rng(1).permutation(len(updates))]
+    # Execute
+    a = defense.aggregate(global_state, updates, 1)
+    b = defense.aggregate(global_state, shuffled, 1)
+    # Assert
+    assert a.flagged == b.flagged
+    assert a.diagnostics == b.diagnostics
+    for key in global_state:
+        assert torch.equal(a.global_state[key], b.global_state[key])
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def test_threshold_exceedings_by_hand():
+    # Prepare: P = 6 -> factor max(0.01, 1/6) = 1/6; threshold 0.5 / 6 = 0.0833
+    neups = torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.04, 0.01]], dtype=torch.float64)
+    # P = 200 -> factor 0.01; threshold 0.01 * 0.5 = 0.005 (strictly above counts)
+    many = torch.zeros(1, 200, dtype=torch.float64)
+    many[0, :4] = torch.tensor([0.5, 0.2, 0.006, 0.005])
+    # Execute / Assert
+    assert threshold_exceedings(neups).tolist() == [3]
+    assert threshold_exceedings(many).tolist() == [3]
+
+
+def test_neups_by_hand():
+    # Prepare: two output neurons with two inputs each
+    w = torch.tensor([[[1.0, -1.0], [0.0, 0.5]]])  # energies |b| + sum|w|: 2 + 1 = 3, 0.5 + 0.5 = 1
+    b = torch.tensor([[1.0, -0.5]])
+    # Execute
+    neups = normalized_energy_updates(w, b)
+    # Assert: 9 / 10 and 1 / 10; zero update -> zero NEUPs
+    assert torch.allclose(neups, torch.tensor([[0.9, 0.1]], dtype=torch.float64))
+    assert normalized_energy_updates(torch.zeros(1, 2, 2), torch.zeros(1, 2)).sum() == 0
+
+
+def test_classification_boundary_and_cluster_vote():
+    # median(8, 2, 6, 2, 9) = 6 -> boundary 3, TE <= 3 is suspicious
+    suspicious, boundary = suspicious_labels([8, 2, 6, 2, 9])
+    assert boundary == 3.0
+    assert suspicious.tolist() == [False, True, False, True, False]
+    # cluster 0: 1 of 3 suspicious (= tau: rejected); cluster 1: 0 of 2 (accepted)
+    accepted = cluster_vote(np.array([0, 0, 0, 1, 1]), np.array([1, 0, 0, 0, 0]), 1 / 3)
+    assert accepted.tolist() == [False, False, False, True, True]
+    # noise points are singletons in the co-membership distances
+    dist = co_membership_distances(np.array([0, 0, -1, -1]))
+    assert dist.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 1], [1, 1, 1, 0]]
+
+
+def test_input_shape_inference():
+    assert infer_input_shape(DIGITS()) == (1, 8, 8)
+    assert infer_input_shape(make_model("lenet", in_channels=1, num_classes=10, seed=0)) == (1, 28, 28)
+    assert infer_input_shape(make_model("vgg9", in_channels=3, num_classes=10, seed=0)) == (3, 32, 32)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def test_identical_benign_updates_return_that_update():
+    # Prepare
+    global_state = _copy(DIGITS().state_dict())
+    local = _shifted(global_state, torch.Generator().manual_seed(1), 0.01)
+    updates = [ClientUpdate(i, _copy(local), 10 + i) for i in range(5)]
+    defense = DeepSight(model_factory=DIGITS, num_noise_samples=500)
+    # Execute
+    result = defense.aggregate(global_state, updates, 1)
+    # Assert
+    assert result.flagged == frozenset()
+    for key in global_state:
+        assert torch.allclose(result.global_state[key], local[key], atol=1e-6)
+
+
+def test_clipping_to_the_median_norm_of_all_updates():
+    # Prepare: the same direction at scales 1, 2 and 10 (NEUPs are scale-free: nobody suspicious)
+    global_state = _copy(DIGITS().state_dict())
+    direction = {k: 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(7))
+                 for k, v in global_state.items()}
+    updates = [
+        ClientUpdate(i, {k: global_state[k] + s * direction[k] for k in global_state}, n)
+        for i, (s, n) in enumerate([(1.0, 1), (2.0, 1), (10.0, 2)])
+    ]
+    # Execute
+    weighted = DeepSight(model_factory=DIGITS, num_noise_samples=500).aggregate(global_state, updates, 1)
+    uniform = DeepSight(model_factory=DIGITS, num_noise_samples=500, sample_weighted=False).aggregate(
+        global_state, updates, 1
+    )
+    # Assert: bound = norm of the 2x update, so the 10x one counts as 2x
+    assert weighted.flagged == uniform.flagged == frozenset()
+    for key in global_state:
+        expected_w = global_state[key] + (1 + 2 + 2 * 2) / 4 * direction[key]
+        expected_u = global_state[key] + (1 + 2 + 2) / 3 * direction[key]
+        assert torch.allclose(weighted.global_state[key], expected_w, atol=1e-5)
+        assert torch.allclose(uniform.global_state[key], expected_u, atol=1e-5)
+
+
+def test_all_rejected_keeps_the_previous_model():
+    # Prepare: nobody changed the output layer -> TE 0 for all -> all suspicious
+    global_state = _copy(DIGITS().state_dict())
+    updates = []
+    for i in range(4):
+        state = _shifted(global_state, torch.Generator().manual_seed(i), 0.01)
+        state["classifier.weight"] = global_state["classifier.weight"].clone()
+        state["classifier.bias"] = global_state["classifier.bias"].clone()
+        updates.append(ClientUpdate(i, state, 10))
+    # Execute
+    result = DeepSight(model_factory=DIGITS, num_noise_samples=500).aggregate(global_state, updates, 1)
+    # Assert
+    assert result.flagged == frozenset(range(4))
+    assert "kept_previous_model" in result.diagnostics
+    for key in global_state:
+        assert torch.equal(result.global_state[key], global_state[key])
+
+
+# --------------------------------------------------------------------------- contracts
+
+
+def test_missing_model_factory_raises_with_a_reason():
+    with pytest.raises(ValueError, match="model_factory"):
+        make_defense("deepsight")
+    with pytest.raises(ValueError, match="model_factory"):
+        build_defense("deepsight", {}, {"seed": 1, "num_classes": 10, "attacker_fraction": 0.3})
+
+
+def test_other_broken_assumptions_raise():
+    with pytest.raises(ValueError, match="at least 2"):
+        DeepSight(model_factory=DIGITS).validate(1)
+    global_state = _copy(DIGITS().state_dict())
+    updates = [ClientUpdate(i, _copy(global_state), 1) for i in range(2)]
+    with pytest.raises(ValueError, match="num_classes"):
+        DeepSight(model_factory=DIGITS, num_classes=7, num_noise_samples=10).aggregate(global_state, updates, 1)
+    with pytest.raises(ValueError, match="tau"):
+        DeepSight(model_factory=DIGITS, tau=0.0)
+
+
+def test_build_defense_fills_context_and_pickles():
+    # Prepare
+    defense = build_defense(
+        "deepsight", {"num_noise_samples": 200}, {"seed": 5, "model_factory": DIGITS, "num_classes": 10}
+    )
+    global_state = _copy(DIGITS().state_dict())
+    gen = torch.Generator().manual_seed(0)
+    updates = [
+        ClientUpdate(i, _shifted(global_state, gen, 0.01, bias_shift=0.05 * (i % 2)), 10) for i in range(4)
+    ]
+    # Execute
+    buffer = io.BytesIO()
+    torch.save(defense, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)
+    again = pickle.loads(pickle.dumps(defense))
+    # Assert
+    assert (defense.seed, defense.num_classes, defense.num_noise_samples) == (5, 10, 200)
+    a = defense.aggregate(global_state, updates, 1)
+    b = restored.aggregate(global_state, updates, 1)
+    c = again.aggregate(global_state, updates, 1)
+    assert a.diagnostics == b.diagnostics == c.diagnostics
+    for key in global_state:
+        assert torch.equal(a.global_state[key], b.global_state[key])
+
+
+def test_single_finite_update_is_aggregated():
+    # Prepare: one client sends NaN, the base class filters it; one update remains
+    global_state = _copy(DIGITS().state_dict())
+    good = _shifted(global_state, torch.Generator().manual_seed(2), 0.01)
+    bad = _copy(global_state)
+    bad["classifier.bias"][0] = float("nan")
+    updates = [ClientUpdate(0, good, 5), ClientUpdate(1, bad, 5)]
+    # Execute
+    result = DeepSight(model_factory=DIGITS, num_noise_samples=200).aggregate(global_state, updates, 1)
+    # Assert
+    assert result.flagged == frozenset({1})
+    for key in global_state:
+        assert torch.allclose(result.global_state[key], good[key], atol=1e-6)
