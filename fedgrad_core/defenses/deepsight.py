@@ -31,8 +31,11 @@ Follows the paper exactly: the NEUP and TE definitions (strict exceedance), the 
 ``median(TE) / 2`` with ``TE <= boundary`` -> suspicious, DDifs as the mean probability ratio on
 noise for several seeds, the three feature families and the co-membership merge (DDif averaged
 over the seeds first, then the three averaged), the cluster vote with tau = 1/3 (reject when the
-suspicious share is >= tau), the median-norm clipping bound over all local updates, defaults of
-3 seeds and 20,000 noise samples per seed.
+suspicious share is >= tau), the median-norm clipping bound over all local updates.  The paper's
+full text could not be read while writing this (only its abstract was reachable); these parts
+are written from our knowledge of its Algorithms 1-2 and Equations, and they agree with two
+independent public reimplementations.  The defaults of 3 seeds and 20,000 noise inputs per seed
+come from the same sources and were not checked against the paper's text.
 
 Our reading (the paper leaves these open or we chose on purpose):
 
