@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bar: also readable in logs and executed notebooks
 
 from fedgrad_core.attacks import RoundContext, make_attack
 from fedgrad_core.config import ExperimentConfig, attack_params, defense_context, validate
