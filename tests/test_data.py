@@ -121,3 +121,24 @@ def test_emnist_loader_turns_images_upright(data_source):
 
     upright = _emnist_upright({"x_train": fragment["x"].copy(), "x_test": fragment["x"][:1].copy()})["x_train"]
     assert template_accuracy(upright) > 0.5 > 0.25 > template_accuracy(fragment["x"])
+
+
+def test_fashion_mnist_from_debians_package(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+    monkeypatch.setenv("FEDGRAD_DATA_ROOT", str(tmp_path))
+    import fedgrad_core.data.datasets as datasets
+
+    def offline():
+        raise OSError("no network here")
+
+    monkeypatch.setattr(datasets, "_torchvision", lambda *a, **k: offline)
+
+    task = load_task("fashion_mnist")
+    edge, clean = load_edge_case(task)
+
+    assert (len(task.train), len(task.test)) == (60000, 10000)
+    assert task.source == "Debian dataset-fashion-mnist"
+    assert edge.target == 5 and len(clean.train) < len(task.train)
