@@ -161,3 +161,22 @@ def test_every_defense_runs_with_the_paper_round_size(name):
     result = _build(name).aggregate(g, updates, round_idx=0)
     assert result.global_state.keys() == g.keys()
     assert all(result.global_state[k].shape == g[k].shape for k in g)
+
+
+BASELINES = ["krum", "multikrum", "rfa", "rlr", "flame", "foolsgold"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BASELINES)
+def test_baseline_runs_end_to_end_on_digits(name):
+    from fedgrad_core.config import ExperimentConfig
+    from fedgrad_core.simulation import run_experiment
+
+    config = ExperimentConfig(
+        dataset="digits", attack="blackbox", defense=name, num_clients=12, clients_per_round=6,
+        rounds=2, local_epochs=1, pretrain_epochs=1, seed=0,
+    )
+    result = run_experiment(config, progress=False)
+    assert len(result.history) == 2
+    last = result.history[-1]
+    assert 0.0 <= last["main_acc"] <= 1.0 and 0.0 <= last["backdoor_acc"] <= 1.0

@@ -37,12 +37,11 @@ from fedgrad_core.defenses.base import (
     State,
     register,
     sample_weights,
-    stack_states,
     weighted_average,
 )
 
 #: Columns per block when accumulating a float64 Gram matrix (bounds the float64 copy in memory).
-GRAM_CHUNK = 1 << 19
+GRAM_CHUNK = 1 << 16
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -57,11 +56,25 @@ def update_matrix(
     global_state: State, updates: Sequence[ClientUpdate]
 ) -> tuple[Layout, Tensor, Tensor]:
     """``(layout, g, deltas)``: the flat global model ``g`` (d,) and the K x d float32 matrix of
-    the clients' updates ``w_i - g`` (rows in the order of ``updates``)."""
+    the clients' updates ``w_i - g`` (rows in the order of ``updates``).
+
+    Filled in place (one copy of the round's models, no intermediate per-client vectors).
+    """
     layout = Layout.of(global_state)
     g = layout.flatten(global_state)
-    deltas = stack_states(updates, layout)
-    deltas.sub_(g)
+    deltas = torch.empty((len(updates), layout.size), dtype=torch.float32)
+    for i, u in enumerate(updates):
+        for name, shape, start, stop in zip(
+            layout.names, layout.shapes, layout.offsets[:-1], layout.offsets[1:]
+        ):
+            tensor = u.state[name]
+            if tensor.shape != shape:
+                raise ValueError(
+                    f"client {u.client_id}: shape mismatch for {name!r}: got "
+                    f"{tuple(tensor.shape)}, global model has {tuple(shape)}"
+                )
+            deltas[i, start:stop].copy_(tensor.detach().reshape(-1))
+        deltas[i].sub_(g)
     return layout, g, deltas
 
 
