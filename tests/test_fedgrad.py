@@ -230,10 +230,10 @@ def test_synthetic_attack_is_caught_from_the_first_round():
 @pytest.mark.parametrize(
     "params",
     [
-        {"gradient": "authors"},
+        {"gradient": "update"},
         {"bias": "raw"},
         {"closeness": "ultimate"},
-        {"gradient": "authors", "bias": "raw", "closeness": "ultimate"},
+        {"gradient": "update", "bias": "raw", "closeness": "ultimate"},
     ],
 )
 def test_variants_catch_the_synthetic_attack(params):
@@ -417,3 +417,31 @@ def test_registered_and_context_filled():
 def test_invalid_parameters_raise(params, message):
     with pytest.raises(ValueError, match=message):
         make_defense("fedgrad", **params)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_end_to_end_digits_blackbox():
+    """Issue 3's done-when at CI scale: digits, black-box edge-case attack, 25% attackers."""
+    from fedgrad_core import ExperimentConfig, run_experiment
+
+    # Prepare
+    base = ExperimentConfig(
+        dataset="digits", attack="blackbox", attacker_fraction=0.25, num_clients=20,
+        clients_per_round=10, rounds=5, seed=0,
+    )
+    # Execute (the clean level: the same start without attackers, two rounds suffice)
+    clean = run_experiment(base.replace(attack="none", rounds=2), progress=False).to_frame()
+    fedavg_run = run_experiment(base, progress=False).to_frame()
+    fedgrad_run = run_experiment(
+        base.replace(defense="fedgrad", defense_params={"switch_round": 3}), progress=False
+    ).to_frame()
+    # Assert
+    clean_ba = clean.backdoor_acc.max()
+    assert fedavg_run.backdoor_acc.max() >= clean_ba + 0.5  # the attack works without a defense
+    assert fedgrad_run.backdoor_acc.max() <= clean_ba + 0.1
+    assert fedgrad_run.main_acc.iloc[-1] >= fedavg_run.main_acc.iloc[-1] - 0.02
+    assert fedgrad_run.tpr.dropna().mean() >= 0.9
+    assert any(d["hard_active"] for d in fedgrad_run.defense)

@@ -32,17 +32,23 @@ Paper versus the authors' code: what this module does, and why
   authors' code uses the update direction ``W* - W_prev``; so does this module, whatever
   ``gradient`` says (both choices of ``gradient`` give the same average direction; only the
   ``-1/eta`` factor is dropped).
-* **By-class ultimate gradient sums** (``gradient=``).  ``"update"`` (default) uses the client's
-  own local change ``W_i - W_prev`` -- the paper's Definition 1 and 2 without the ``-1/eta``
-  factor, which multiplies every vector by the same negative number and so changes no cosine
-  between clients.  ``"authors"`` uses ``W_i - W*`` as the authors' code does.  The local change
-  is what Proposition 1 and Observation 2 reason about (the rows a client's data pushes up or
-  down), and it does not depend on who else joined the round; it is the faithful choice, and it
-  separates colluding attackers at least as well in our runs.
+* **By-class ultimate gradient sums** (``gradient=``).  ``"authors"`` (default) uses the
+  client's deviation from the round's pseudo-aggregate, ``W_i - W*``, as the authors' code does;
+  ``"update"`` uses the client's own local change ``W_i - W_prev`` -- the paper's Definitions 1
+  and 2 without the ``-1/eta`` factor, which multiplies every vector by the same negative number
+  and so changes no cosine between clients.  The default follows the code that produced the
+  paper's numbers, and it works better: the local change carries the round's common drift
+  (every client moves the same way on the shared task), which makes all cosines alike, while
+  ``W_i - W*`` removes it.  With the hard filter alone (digits, black-box attack, N = 40,
+  K = 10, 30 rounds, switch at round 1) the mean TPR / FPR were 0.86 / 0.19 ("authors") versus
+  0.57 / 0.40 ("update") for seed 1, and 1.00 / 0.02 versus 0.68 / 0.23 for seed 2.
 * **Bias** (``bias=``).  ``"update"`` (default) uses ``b_i - b_prev``, the paper's ultimate bias
   gradient (again up to ``-1/eta``).  ``"raw"`` uses the bias vector itself as the authors' code
   does: the raw biases of all clients are dominated by the shared ``b_prev`` and are almost
-  collinear, so their cosines carry little beyond what the column-wise min-max scaling recovers.
+  collinear, so only the column-wise min-max scaling makes their cosines informative.  In the
+  runs above both gave the same TPR (0.86 and 1.00 with ``gradient="authors"``) and FPRs within
+  noise (0.19 / 0.02 versus 0.16 / 0.02); the paper's definition is kept as the default because it
+  does not depend on how far the shared bias happens to be from zero.
 * **Closeness score** (``closeness=``).  ``"full"`` (default, paper and authors) measures squared
   L2 distances between the full flattened models; ``"ultimate"`` uses the ultimate layer only
   (cheaper for big models).  Distances are computed in one pass (Gram matrix of the clients'
@@ -372,7 +378,7 @@ class FedGrad(Defense):
         num_attackers_estimate: Optional[int] = None,
         attacker_fraction: float = 0.25,
         strict_factor: Optional[float] = None,
-        gradient: str = "update",
+        gradient: str = "authors",
         bias: str = "update",
         closeness: str = "full",
         fallback: str = "s1",
