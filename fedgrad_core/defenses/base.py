@@ -134,7 +134,16 @@ def weighted_average(rows: Tensor, weights: Tensor) -> Tensor:
 
 
 def is_finite_state(state: State) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in state.values() if torch.is_floating_point(t))
+    """True when no floating tensor of ``state`` holds NaN or inf.
+
+    A finite sum proves the tensor finite in one cheap pass; only when the sum is not finite (a
+    NaN/inf, or an overflow of huge finite values) is the tensor checked element by element.
+    """
+    return all(
+        bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+        for t in state.values()
+        if torch.is_floating_point(t)
+    )
 
 
 class Defense:
