@@ -37,7 +37,6 @@ from fedgrad_core.defenses.base import (
     State,
     register,
     sample_weights,
-    weighted_average,
 )
 
 #: Columns per block when accumulating a float64 Gram matrix (bounds the float64 copy in memory).
@@ -79,13 +78,24 @@ def update_matrix(
 
 
 def gram64(rows: Tensor, chunk: int = GRAM_CHUNK) -> Tensor:
-    """``rows @ rows.T`` in float64, accumulated over column blocks (K x K)."""
+    """``rows @ rows.T`` in float64, accumulated over column blocks (K x K).
+
+    One float64 block buffer is reused, so memory stays at K x chunk doubles.
+    """
     k, d = rows.shape
     gram = torch.zeros((k, k), dtype=torch.float64)
+    buffer = torch.empty((k, min(chunk, max(d, 1))), dtype=torch.float64)
     for start in range(0, d, chunk):
-        block = rows[:, start : start + chunk].to(torch.float64)
+        width = min(chunk, d - start)
+        block = buffer[:, :width]
+        block.copy_(rows[:, start : start + width])
         gram.addmm_(block, block.T)
     return gram
+
+
+def combine(rows: Tensor, weights: Tensor) -> Tensor:
+    """``sum_i w_i rows_i`` for weights already normalised (a GEMV: no K x d temporary)."""
+    return weights.to(rows.dtype) @ rows
 
 
 def squared_distances(gram: Tensor) -> Tensor:
@@ -181,7 +191,9 @@ def krum(
     chosen, scores = krum_select(deltas, ids, f=f_used, m=m_used)
     if multi:
         chosen_updates = [updates[i] for i in chosen]
-        avg = weighted_average(deltas[chosen], sample_weights(chosen_updates))
+        coeffs = torch.zeros(n, dtype=torch.float64)
+        coeffs[chosen] = sample_weights(chosen_updates)
+        avg = combine(deltas, coeffs)
         new_state = layout.unflatten(g + avg, global_state)
     else:
         best = updates[chosen[0]].state

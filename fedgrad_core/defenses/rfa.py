@@ -33,9 +33,8 @@ from fedgrad_core.defenses.base import (
     State,
     register,
     sample_weights,
-    weighted_average,
 )
-from fedgrad_core.defenses.krum import gram64, sorted_updates, update_matrix
+from fedgrad_core.defenses.krum import combine, gram64, sorted_updates, update_matrix
 
 
 def _check(max_iter: int, eps: float, ftol: float) -> None:
@@ -94,7 +93,7 @@ def rfa(
     beta, iterations, objective = weiszfeld_weights(
         gram64(deltas), sample_weights(updates), max_iter=max_iter, eps=eps, ftol=ftol
     )
-    median = g + weighted_average(deltas, beta)
+    median = g + combine(deltas, beta)
     return Aggregate(
         layout.unflatten(median, global_state),
         frozenset(),

@@ -35,9 +35,8 @@ from fedgrad_core.defenses.base import (
     State,
     register,
     sample_weights,
-    weighted_average,
 )
-from fedgrad_core.defenses.krum import sorted_updates, update_matrix
+from fedgrad_core.defenses.krum import combine, sorted_updates, update_matrix
 
 
 def default_threshold(num_clients: int, attacker_fraction: float) -> int:
@@ -57,7 +56,10 @@ def robust_lr(deltas: Tensor, *, threshold: int, server_lr: float = 1.0) -> Tens
         )
     if not server_lr > 0:
         raise ValueError(f"server_lr must be > 0, got {server_lr}")
-    agreement = torch.sign(deltas).sum(dim=0).abs_()
+    agreement = torch.zeros(deltas.shape[1], dtype=deltas.dtype)
+    for row in deltas:  # K passes over d entries; no K x d temporary
+        agreement.add_(torch.sign(row))
+    agreement.abs_()
     lr = torch.full_like(agreement, float(server_lr))
     lr[agreement < threshold] = -float(server_lr)
     return lr
@@ -76,14 +78,15 @@ def rlr(
     theta = default_threshold(len(updates), attacker_fraction) if threshold is None else threshold
     layout, g, deltas = update_matrix(global_state, updates)
     lr = robust_lr(deltas, threshold=theta, server_lr=server_lr)
-    new = g + lr * weighted_average(deltas, sample_weights(updates))
+    reversed_fraction = float((lr < 0).sum()) / max(lr.numel(), 1)
+    new = g.add_(lr.mul_(combine(deltas, sample_weights(updates))))
     return Aggregate(
         layout.unflatten(new, global_state),
         frozenset(),
         {
             "threshold": int(theta),
             "server_lr": float(server_lr),
-            "reversed_fraction": float((lr < 0).to(torch.float64).mean()) if lr.numel() else 0.0,
+            "reversed_fraction": reversed_fraction,
         },
     )
 
