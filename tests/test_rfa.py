@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedgrad_core.defenses import ClientUpdate, make_defense
-from fedgrad_core.defenses.krum import gram64
+from fedgrad_core.defenses.base import gram64
 from fedgrad_core.defenses.rfa import rfa, weiszfeld_weights
 
 

@@ -111,8 +111,105 @@ class Layout:
 
 
 def stack_states(updates: Sequence[ClientUpdate], layout: Layout) -> Tensor:
-    """The round's models as one ``K x d`` float32 matrix (rows in the order of ``updates``)."""
-    return torch.stack([layout.flatten(u.state) for u in updates])
+    """The round's models as one ``K x d`` float32 matrix (rows in the order of ``updates``).
+
+    Filled in place: one copy of the round's models, no per-client intermediate vectors.
+    """
+    rows = torch.empty((len(updates), layout.size), dtype=torch.float32)
+    for i, u in enumerate(updates):
+        for name, shape, start, stop in zip(layout.names, layout.shapes, layout.offsets[:-1], layout.offsets[1:]):
+            tensor = u.state[name]
+            if tensor.shape != shape:
+                raise ValueError(
+                    f"client {u.client_id}: shape mismatch for {name!r}: got "
+                    f"{tuple(tensor.shape)}, global model has {tuple(shape)}"
+                )
+            rows[i, start:stop].copy_(tensor.detach().reshape(-1))
+    return rows
+
+
+# --------------------------------------------------------------------------- pairwise geometry
+# Shared by the rules that compare clients: every pairwise quantity comes from one float64 Gram
+# matrix of the round's updates, never from a Python loop over client pairs.
+
+#: Columns per block when accumulating a float64 Gram matrix (bounds the float64 copy in memory).
+GRAM_CHUNK = 1 << 16
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def sorted_updates(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
+    """The round's updates ordered by client id: every rule's result is independent of order."""
+    return sorted(updates, key=lambda u: u.client_id)
+
+
+def update_matrix(
+    global_state: State, updates: Sequence[ClientUpdate]
+) -> tuple[Layout, Tensor, Tensor]:
+    """``(layout, g, deltas)``: the flat global model ``g`` (d,) and the K x d float32 matrix of
+    the clients' updates ``w_i - g`` (rows in the order of ``updates``).
+
+    Filled in place (one copy of the round's models, no intermediate per-client vectors).
+    """
+    layout = Layout.of(global_state)
+    g = layout.flatten(global_state)
+    deltas = stack_states(updates, layout)
+    deltas.sub_(g)
+    return layout, g, deltas
+
+
+def gram64(rows: Tensor, *, center: Tensor | None = None, chunk: int = GRAM_CHUNK) -> Tensor:
+    """``(rows - center) @ (rows - center).T`` in float64, accumulated over column blocks (K x K).
+
+    One float64 block buffer is reused, so memory stays at K x chunk doubles and no centred K x d
+    copy is made.  Centring on the global model changes no distance but shrinks the cancellation
+    in ``|a|^2 + |b|^2 - 2 a.b`` when the clients sit close to it.
+    """
+    k, d = rows.shape
+    gram = torch.zeros((k, k), dtype=torch.float64)
+    buffer = torch.empty((k, min(chunk, max(d, 1))), dtype=torch.float64)
+    for start in range(0, d, chunk):
+        width = min(chunk, d - start)
+        block = buffer[:, :width]
+        block.copy_(rows[:, start : start + width])
+        if center is not None:
+            block.sub_(center[start : start + width])
+        gram.addmm_(block, block.T)
+    return gram
+
+
+def combine(rows: Tensor, weights: Tensor) -> Tensor:
+    """``sum_i w_i rows_i`` for weights already normalised (a GEMV: no K x d temporary)."""
+    return weights.to(rows.dtype) @ rows
+
+
+def squared_distances(gram: Tensor) -> Tensor:
+    """Pairwise squared L2 distances from a Gram matrix (clamped at 0, exact 0 on the diagonal)."""
+    sq = gram.diagonal()
+    dist = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min_(0.0)
+    dist.fill_diagonal_(0.0)
+    return dist
+
+
+def cosine_similarities(gram: Tensor) -> Tensor:
+    """Pairwise cosine similarities from a Gram matrix; a zero vector has similarity 0 to all."""
+    norms = gram.diagonal().clamp_min(0.0).sqrt()
+    denom = norms[:, None] * norms[None, :]
+    cos = torch.where(denom > 0, gram / torch.where(denom > 0, denom, 1.0), 0.0)
+    return cos.clamp_(-1.0, 1.0)
+
+
+
+
+def sum_of_nearest(sq_dists: Tensor, num_neighbors: int) -> Tensor:
+    """Krum's score: each row's sum of its ``num_neighbors`` smallest distances to the *other* rows."""
+    k = sq_dists.shape[0]
+    if not 1 <= num_neighbors <= k - 1:
+        raise ValueError(f"num_neighbors must lie in [1, {k - 1}] for {k} clients, got {num_neighbors}")
+    dist = sq_dists.clone().fill_diagonal_(float("inf"))
+    return torch.sort(dist, dim=1).values[:, :num_neighbors].sum(dim=1)
+
 
 
 def sample_weights(updates: Sequence[ClientUpdate]) -> Tensor:

@@ -36,7 +36,7 @@ from sklearn.cluster import HDBSCAN
 from torch import Tensor
 
 from fedgrad_core.defenses.base import Aggregate, ClientUpdate, Defense, State, register
-from fedgrad_core.defenses.krum import cosine_similarities, gram64, sorted_updates, update_matrix
+from fedgrad_core.defenses.base import cosine_similarities, gram64, sorted_updates, update_matrix
 
 
 def round_generator(seed: int, round_idx: int) -> torch.Generator:

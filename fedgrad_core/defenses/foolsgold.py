@@ -47,7 +47,7 @@ from fedgrad_core.defenses.base import (
     register,
     sample_weights,
 )
-from fedgrad_core.defenses.krum import cosine_similarities, gram64, sorted_updates, update_matrix
+from fedgrad_core.defenses.base import cosine_similarities, gram64, sorted_updates, update_matrix
 
 
 #: ``1 - cos`` below this counts as exactly parallel (float64 rounding of the Gram matrix).

@@ -9,9 +9,8 @@ Assumptions (``ValueError`` when they break): at most ``f`` of the ``n`` clients
 ``n > 2f + 2`` (Blanchard et al., Proposition 1); ``f`` defaults to ``int(attacker_fraction * n)``
 (FedGrad paper, section 5.1: ``floor(eps * K)``).
 
-This module also holds the two matrix helpers the other baselines share (``update_matrix``,
-``gram64``): pairwise quantities come from one float64 Gram matrix of the updates, never from a
-Python loop over client pairs.
+Pairwise distances come from one float64 Gram matrix of the updates (``defenses.base``), never
+from a Python loop over client pairs.
 
 Deviations from the FedGrad authors' runs (one line each):
 - Ties in score are broken by the lower client id (theirs: by position in the round's list).
@@ -33,86 +32,16 @@ from fedgrad_core.defenses.base import (
     Aggregate,
     ClientUpdate,
     Defense,
-    Layout,
     State,
+    combine,
+    gram64,
     register,
     sample_weights,
+    sorted_updates,
+    squared_distances,
+    sum_of_nearest,
+    update_matrix,
 )
-
-#: Columns per block when accumulating a float64 Gram matrix (bounds the float64 copy in memory).
-GRAM_CHUNK = 1 << 16
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def sorted_updates(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
-    """The round's updates ordered by client id: every rule's result is independent of order."""
-    return sorted(updates, key=lambda u: u.client_id)
-
-
-def update_matrix(
-    global_state: State, updates: Sequence[ClientUpdate]
-) -> tuple[Layout, Tensor, Tensor]:
-    """``(layout, g, deltas)``: the flat global model ``g`` (d,) and the K x d float32 matrix of
-    the clients' updates ``w_i - g`` (rows in the order of ``updates``).
-
-    Filled in place (one copy of the round's models, no intermediate per-client vectors).
-    """
-    layout = Layout.of(global_state)
-    g = layout.flatten(global_state)
-    deltas = torch.empty((len(updates), layout.size), dtype=torch.float32)
-    for i, u in enumerate(updates):
-        for name, shape, start, stop in zip(
-            layout.names, layout.shapes, layout.offsets[:-1], layout.offsets[1:]
-        ):
-            tensor = u.state[name]
-            if tensor.shape != shape:
-                raise ValueError(
-                    f"client {u.client_id}: shape mismatch for {name!r}: got "
-                    f"{tuple(tensor.shape)}, global model has {tuple(shape)}"
-                )
-            deltas[i, start:stop].copy_(tensor.detach().reshape(-1))
-        deltas[i].sub_(g)
-    return layout, g, deltas
-
-
-def gram64(rows: Tensor, chunk: int = GRAM_CHUNK) -> Tensor:
-    """``rows @ rows.T`` in float64, accumulated over column blocks (K x K).
-
-    One float64 block buffer is reused, so memory stays at K x chunk doubles.
-    """
-    k, d = rows.shape
-    gram = torch.zeros((k, k), dtype=torch.float64)
-    buffer = torch.empty((k, min(chunk, max(d, 1))), dtype=torch.float64)
-    for start in range(0, d, chunk):
-        width = min(chunk, d - start)
-        block = buffer[:, :width]
-        block.copy_(rows[:, start : start + width])
-        gram.addmm_(block, block.T)
-    return gram
-
-
-def combine(rows: Tensor, weights: Tensor) -> Tensor:
-    """``sum_i w_i rows_i`` for weights already normalised (a GEMV: no K x d temporary)."""
-    return weights.to(rows.dtype) @ rows
-
-
-def squared_distances(gram: Tensor) -> Tensor:
-    """Pairwise squared L2 distances from a Gram matrix (clamped at 0, exact 0 on the diagonal)."""
-    sq = gram.diagonal()
-    dist = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min_(0.0)
-    dist.fill_diagonal_(0.0)
-    return dist
-
-
-def cosine_similarities(gram: Tensor) -> Tensor:
-    """Pairwise cosine similarities from a Gram matrix; a zero vector has similarity 0 to all."""
-    norms = gram.diagonal().clamp_min(0.0).sqrt()
-    denom = norms[:, None] * norms[None, :]
-    cos = torch.where(denom > 0, gram / torch.where(denom > 0, denom, 1.0), 0.0)
-    return cos.clamp_(-1.0, 1.0)
-
 
 # --------------------------------------------------------------------------- the rule
 
@@ -143,10 +72,7 @@ def krum_scores(deltas: Tensor, f: int) -> Tensor:
     """
     n = deltas.shape[0]
     check_krum_assumption(n, f)
-    dist = squared_distances(gram64(deltas))
-    dist.fill_diagonal_(float("inf"))
-    nearest, _ = torch.sort(dist, dim=1)
-    return nearest[:, : n - f - 2].sum(dim=1)
+    return sum_of_nearest(squared_distances(gram64(deltas)), n - f - 2)
 
 
 def krum_select(

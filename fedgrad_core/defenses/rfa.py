@@ -34,7 +34,7 @@ from fedgrad_core.defenses.base import (
     register,
     sample_weights,
 )
-from fedgrad_core.defenses.krum import combine, gram64, sorted_updates, update_matrix
+from fedgrad_core.defenses.base import combine, gram64, sorted_updates, update_matrix
 
 
 def _check(max_iter: int, eps: float, ftol: float) -> None:

@@ -36,7 +36,7 @@ from fedgrad_core.defenses.base import (
     register,
     sample_weights,
 )
-from fedgrad_core.defenses.krum import combine, sorted_updates, update_matrix
+from fedgrad_core.defenses.base import combine, sorted_updates, update_matrix
 
 
 def default_threshold(num_clients: int, attacker_fraction: float) -> int:
