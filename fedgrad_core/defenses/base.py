@@ -221,10 +221,9 @@ def sample_weights(updates: Sequence[ClientUpdate]) -> Tensor:
 
 
 def weighted_average(rows: Tensor, weights: Tensor) -> Tensor:
-    """sum_i w_i rows_i with weights that need not be normalised (normalised here)."""
+    """sum_i w_i rows_i with weights that need not be normalised (normalised here); one GEMV."""
     w = weights.to(torch.float64)
-    w = w / w.sum()
-    return (w.to(rows.dtype)[:, None] * rows).sum(dim=0)
+    return (w / w.sum()).to(rows.dtype) @ rows
 
 
 # --------------------------------------------------------------------------- base class

@@ -7,24 +7,34 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from fedgrad_core.defenses.base import (
-    Aggregate,
-    ClientUpdate,
-    Defense,
-    Layout,
-    State,
-    register,
-    sample_weights,
-    stack_states,
-    weighted_average,
-)
+import torch
+
+from fedgrad_core.defenses.base import Aggregate, ClientUpdate, Defense, State, register, sample_weights
 
 
 def fedavg(global_state: State, updates: Sequence[ClientUpdate]) -> dict:
-    """sum_i (n_i / n) w_i over the round's updates, as a state dict shaped like ``global_state``."""
-    layout = Layout.of(global_state)
-    rows = stack_states(updates, layout)
-    return layout.unflatten(weighted_average(rows, sample_weights(updates)), global_state)
+    """sum_i (n_i / n) w_i over the round's updates, as a state dict shaped like ``global_state``.
+
+    Accumulated tensor by tensor (no K x d matrix: FedAvg needs no pairwise geometry); non-float
+    buffers come from the global model.
+    """
+    weights = sample_weights(updates).tolist()
+    out = {}
+    for name, tensor in global_state.items():
+        if not torch.is_floating_point(tensor):
+            out[name] = tensor.detach().clone()
+            continue
+        acc = torch.zeros_like(tensor, dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+        for u, w in zip(updates, weights):
+            part = u.state[name]
+            if part.shape != tensor.shape:
+                raise ValueError(
+                    f"client {u.client_id}: shape mismatch for {name!r}: got {tuple(part.shape)}, "
+                    f"global model has {tuple(tensor.shape)}"
+                )
+            acc.add_(part.detach().to(acc.device), alpha=w)
+        out[name] = acc.to(dtype=tensor.dtype, device=tensor.device)
+    return out
 
 
 @register("fedavg")
