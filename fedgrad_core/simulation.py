@@ -123,7 +123,10 @@ def run_experiment(
     worker = make_model(config.model_name, in_channels=in_channels, num_classes=task.num_classes, seed=config.seed)
     worker.to(device)
     last_round = min(config.rounds, stop_after) if stop_after else config.rounds
-    bar = tqdm(range(start_round, last_round + 1), desc=f"{config.defense}/{config.attack}", disable=not progress)
+    bar = tqdm(
+        range(start_round, last_round + 1), desc=f"{config.defense}/{config.attack}", disable=not progress,
+        initial=start_round - 1, total=last_round, unit="round",
+    )
     for round_idx in bar:
         record = run_round(config, round_idx, model, worker, defense, attack, task, backdoor, shards, pool, device)
         history.append(record)
