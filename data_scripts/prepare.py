@@ -19,15 +19,12 @@ NAMES = ("digits", "mnist", "fashion_mnist", "emnist", "cifar10", "southwest", "
 
 
 def prepare_one(name: str) -> str:
-    from fedgrad_core.data import edge_cases
     from fedgrad_core.data.datasets import prepare
+    from fedgrad_core.data.edge_cases import edge_case_arrays
 
-    if name == "southwest":
-        arrays = edge_cases._southwest_arrays()
-        return f"southwest: {len(arrays['train'])} train / {len(arrays['test'])} test images"
-    if name == "ardis":
-        arrays = edge_cases._ardis_arrays()
-        return f"ardis: {len(arrays['train'])} train '7's / {len(arrays['test'])} test '7's"
+    if name in ("southwest", "ardis"):
+        arrays = edge_case_arrays(name)
+        return f"{name}: {len(arrays['train'])} train / {len(arrays['test'])} test edge-case images"
     arrays, source = prepare(name)
     return f"{name}: {len(arrays['y_train'])} train / {len(arrays['y_test'])} test, from {source}"
 

@@ -28,20 +28,35 @@ _SOUTHWEST_SHA256 = {
     "southwest_images_new_test.pkl": "cad0410ce01bd53af349fd2094799a8c58c508ae39ec1c01d038868cb1e5d64d",
 }
 
+#: Curated edge-case sets: data set -> (edge-case set, target class, description).
+CURATED = {
+    "cifar10": ("southwest", 9, "Southwest Airlines planes labelled 'truck' (Wang et al. 2020)"),
+    "mnist": ("ardis", 1, "ARDIS IV handwritten '7's labelled '1' (Kusetogullari et al. 2019)"),
+    "emnist": ("ardis", 1, "ARDIS IV handwritten '7's labelled '1' (Kusetogullari et al. 2019)"),
+}
+
 #: Tail sets for data sets without a curated edge-case set: (source class, target class).
 TAIL_CLASSES = {"digits": (7, 1), "fashion_mnist": (7, 5)}  # 7 -> 1; sneaker -> sandal
 
 
 def load_edge_case(task: Task, *, seed: int = 0) -> tuple[EdgeCaseSet, Task]:
     """The edge-case set for ``task`` and the task to train on (see the module docstring)."""
-    if task.name == "cifar10":
-        return _southwest(task), task
-    if task.name in ("mnist", "emnist"):
-        return _ardis(task), task
+    if task.name in CURATED:
+        name, target, description = CURATED[task.name]
+        arrays = edge_case_arrays(name)
+        return EdgeCaseSet(name, task.normalize(arrays["train"]), task.normalize(arrays["test"]), target, description), task
     if task.name in TAIL_CLASSES:
         source, target = TAIL_CLASSES[task.name]
         return tail_edge_case(task, source_class=source, target_class=target, seed=seed)
     raise ValueError(f"no edge-case set is defined for data set {task.name!r}")
+
+
+def edge_case_arrays(name: str) -> dict[str, np.ndarray]:
+    """Raw uint8 ``train`` / ``test`` images of a curated edge-case set (``southwest``, ``ardis``)."""
+    loaders = {"southwest": _southwest_arrays, "ardis": _ardis_arrays}
+    if name not in loaders:
+        raise ValueError(f"unknown edge-case set {name!r}; choose one of {sorted(loaders)}")
+    return loaders[name]()
 
 
 # --------------------------------------------------------------------------- Southwest
@@ -73,17 +88,6 @@ def _southwest_arrays() -> dict[str, np.ndarray]:
     )[0]
 
 
-def _southwest(task: Task) -> EdgeCaseSet:
-    arrays = _southwest_arrays()
-    return EdgeCaseSet(
-        name="southwest",
-        train=task.normalize(arrays["train"]),
-        test=task.normalize(arrays["test"]),
-        target=9,
-        description="Southwest Airlines planes labelled 'truck' (Wang et al. 2020)",
-    )
-
-
 # --------------------------------------------------------------------------- ARDIS
 
 
@@ -99,17 +103,6 @@ def _ardis_arrays() -> dict[str, np.ndarray]:
         "  - or build it from the ARDIS dataset IV CSV files with\n"
         "    python data_scripts/prepare_ardis.py --csv-dir DIR  (ARDIS has no stable download address)",
     )[0]
-
-
-def _ardis(task: Task) -> EdgeCaseSet:
-    arrays = _ardis_arrays()
-    return EdgeCaseSet(
-        name="ardis",
-        train=task.normalize(arrays["train"]),
-        test=task.normalize(arrays["test"]),
-        target=1,
-        description="ARDIS IV handwritten '7's labelled '1' (Kusetogullari et al. 2019)",
-    )
 
 
 # --------------------------------------------------------------------------- tail builder
@@ -188,4 +181,4 @@ def tail_edge_case(
     return edge, clean
 
 
-__all__ = ["DataUnavailable", "TAIL_CLASSES", "load_edge_case", "tail_edge_case", "tail_scores"]
+__all__ = ["CURATED", "DataUnavailable", "TAIL_CLASSES", "edge_case_arrays", "load_edge_case", "tail_edge_case", "tail_scores"]
