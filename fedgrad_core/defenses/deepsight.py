@@ -12,11 +12,13 @@ DeepSight inspects every local model of the round in three ways and combines two
   exceedings.  The *classification boundary* is half the median TE of the round; a model is
   labelled suspicious when ``TE <= boundary``.
 * **Clustering ensemble.**  Three kinds of features, each clustered with HDBSCAN:
+
   - *DDifs* (division differences): for random inputs x_1..x_N,
     ``DDif_i = 1/N sum_s p_local(y=i | x_s) / p_global(y=i | x_s)``; computed for several seeds
     (one clustering per seed, the same noise for every model of the round);
   - the NEUP vectors;
   - pairwise cosine distances of the output-layer bias updates (precomputed metric).
+
   Each clustering becomes a co-membership distance matrix (0 when two models share a cluster,
   1 otherwise; HDBSCAN's noise points are singleton clusters).  The DDif matrices are averaged
   over the seeds, then the DDif, NEUP and cosine matrices are averaged, and HDBSCAN on that

@@ -19,6 +19,7 @@ still bound each one's influence (recorded as ``"fallback": "no cluster"`` in th
 A client whose update is exactly zero has cosine distance 1 to every other client.
 
 Deviations from the FedGrad authors' runs (one line each):
+
 - Cosine distances of updates w_i - g (FLAME's text: the directions of the model updates); the
   authors used full models, whose shared global part pushes every cosine distance towards 0.
 - The admitted cluster is the largest non-noise cluster (the authors' code picks the label wrongly).

@@ -22,6 +22,7 @@ previous global model is kept and every client is flagged.  A client whose histo
 zero has cosine similarity 0 to everyone.
 
 Deviations from the FedGrad authors' runs (one line each):
+
 - The weights also multiply the sample counts (theirs: ``np.average`` with the FoolsGold weights alone).
 - No epsilon inside the pardoning and the logit (theirs added 1e-5 to both; the paper has none);
   pardoning is skipped where ``v_j <= 0`` (a division the paper never meets).

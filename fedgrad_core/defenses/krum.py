@@ -13,6 +13,7 @@ Pairwise distances come from one float64 Gram matrix of the updates (``defenses.
 from a Python loop over client pairs.
 
 Deviations from the FedGrad authors' runs (one line each):
+
 - Ties in score are broken by the lower client id (theirs: by position in the round's list).
 - When NaN/inf updates are dropped and fewer than ``2f + 3`` remain, ``f`` shrinks to the largest
   admissible value for that round (recorded in diagnostics); with fewer than 3 left, the previous

@@ -14,6 +14,7 @@ Assumptions (``ValueError`` when they break): fewer than half of the total weigh
 RFA excludes no one: ``flagged`` is empty, the final Weiszfeld weights go to the diagnostics.
 
 Deviations from the FedGrad authors' runs (one line each):
+
 - Same stopping rule (at most 500 iterations, relative tolerance 1e-7, smoothing eps = 1e-5), but
   distances come from the float64 Gram matrix of the updates w_i - g (theirs: float32/float64
   vectors of full models); the median is shift-invariant, so only rounding differs.

@@ -13,6 +13,7 @@ F = attacker_fraction; theta > K would reverse every coordinate); ``server_lr > 
 RLR excludes no one: ``flagged`` is empty; the diagnostics give theta and the reversed share.
 
 Deviations from the FedGrad authors' runs (one line each):
+
 - server_lr defaults to RLR's own 1.0; the FedGrad authors' runs used 0.02 (the client lr),
   which moves the global model only 2% of the mean update per round (pass server_lr=0.02 for theirs).
 - The rule covers every floating-point entry of the state dict (float buffers such as BatchNorm
