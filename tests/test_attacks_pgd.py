@@ -99,6 +99,23 @@ def test_model_replacement_multiplies_the_update_by_total_over_own_data_size():
     assert torch.equal(sent["steps"], trained["steps"])
 
 
+def test_shared_scale_divides_by_all_the_rounds_attackers():
+    # Prepare: attackers 3 (25 samples) and 4 (75); client 5 benign (100) -> 200 / (25 + 75) = 2
+    attack = make_attack("pgd_mr", shared_scale=True)
+    global_state = {"w": torch.tensor([0.0, 1.0])}
+    ctx = RoundContext(1, global_state, (3, 4, 5), (3, 4), {3: 25, 4: 75, 5: 100}, 0.02)
+    # Execute
+    sent = attack.after_training({"w": torch.tensor([0.5, 0.75])}, 3, 0, ctx)
+    # Assert
+    assert attack.factor(ctx, 3) == attack.factor(ctx, 4) == 2.0
+    assert torch.equal(sent["w"], torch.tensor([1.0, 0.5]))
+
+
+def test_shared_scale_and_an_explicit_scale_exclude_each_other():
+    with pytest.raises(ValueError, match="cannot combine with scale"):
+        make_attack("pgd_mr", shared_scale=True, scale=2.0)
+
+
 def test_explicit_scale_replaces_the_replacement_factor():
     attack = make_attack("pgd_mr", scale=3.0)
     global_state = {"w": torch.tensor([0.0, 1.0])}
