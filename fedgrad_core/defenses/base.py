@@ -113,18 +113,13 @@ class Layout:
 def stack_states(updates: Sequence[ClientUpdate], layout: Layout) -> Tensor:
     """The round's models as one ``K x d`` float32 matrix (rows in the order of ``updates``).
 
-    Filled in place: one copy of the round's models, no per-client intermediate vectors.
+    Filled in place: one copy of the round's models, no per-client intermediate vectors.  Shapes
+    are checked once, where updates enter (``Defense.aggregate``).
     """
     rows = torch.empty((len(updates), layout.size), dtype=torch.float32)
     for i, u in enumerate(updates):
         for name, shape, start, stop in zip(layout.names, layout.shapes, layout.offsets[:-1], layout.offsets[1:]):
-            tensor = u.state[name]
-            if tensor.shape != shape:
-                raise ValueError(
-                    f"client {u.client_id}: shape mismatch for {name!r}: got "
-                    f"{tuple(tensor.shape)}, global model has {tuple(shape)}"
-                )
-            rows[i, start:stop].copy_(tensor.detach().reshape(-1))
+            rows[i, start:stop].copy_(u.state[name].detach().reshape(-1))
     return rows
 
 
@@ -270,6 +265,12 @@ class Defense:
                     f"client {u.client_id}: state keys differ from the global model's "
                     f"(missing {missing}, unexpected {extra})"
                 )
+            for name, tensor in u.state.items():
+                if tensor.shape != global_state[name].shape:
+                    raise ValueError(
+                        f"client {u.client_id}: shape mismatch for {name!r}: got "
+                        f"{tuple(tensor.shape)}, global model has {tuple(global_state[name].shape)}"
+                    )
         ok = [is_finite_state(u.state) for u in updates]
         finite = [u for u, good in zip(updates, ok) if good]
         broken = frozenset(u.client_id for u, good in zip(updates, ok) if not good)

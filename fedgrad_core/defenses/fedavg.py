@@ -26,13 +26,7 @@ def fedavg(global_state: State, updates: Sequence[ClientUpdate]) -> dict:
             continue
         acc = torch.zeros_like(tensor, dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
         for u, w in zip(updates, weights):
-            part = u.state[name]
-            if part.shape != tensor.shape:
-                raise ValueError(
-                    f"client {u.client_id}: shape mismatch for {name!r}: got {tuple(part.shape)}, "
-                    f"global model has {tuple(tensor.shape)}"
-                )
-            acc.add_(part.detach().to(acc.device), alpha=w)
+            acc.add_(u.state[name].detach().to(acc.device), alpha=w)
         out[name] = acc.to(dtype=tensor.dtype, device=tensor.device)
     return out
 
