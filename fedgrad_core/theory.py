@@ -194,17 +194,22 @@ def proposition1_sign_pattern(
     )
 
 
+def _check_clients(n: int, k: int, *, min_k: int, why: str = "") -> None:
+    """``n`` clients, ``k`` per round: integers with ``min_k <= k <= n``, else ValueError."""
+    for name, value in (("n", n), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not min_k <= k <= n:
+        raise ValueError(f"need {min_k} <= k <= n{why}, got n={n}, k={k}")
+
+
 def expected_rounds_bound(n: int, k: int) -> float:
     """Theorem 1's upper bound on the expected rounds until every pair of ``n`` clients has met,
     ``K = k`` clients drawn per round: ``1 + sum_{i=K}^{n-1} C(n,K) / (C(n,K) - C(i,K))``.
 
     Exact rational arithmetic, then one rounding to float.
     """
-    for name, value in (("n", n), ("k", k)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not 2 <= k <= n:
-        raise ValueError(f"need 2 <= k <= n (a round must hold a pair), got n={n}, k={k}")
+    _check_clients(n, k, min_k=2, why=" (a round must hold a pair)")
     total = math.comb(n, k)
     bound = Fraction(1)
     for i in range(k, n):
@@ -216,11 +221,7 @@ def expected_rounds_all_clients(n: int, k: int) -> float:
     """Exact expected rounds until every one of ``n`` clients has joined at least once, ``k``
     drawn uniformly without replacement per round (inclusion-exclusion over the unseen clients):
     ``sum_{j=1}^{n} (-1)^(j+1) C(n, j) / (1 - C(n-j, k) / C(n, k))``.  Exact rationals."""
-    for name, value in (("n", n), ("k", k)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not 1 <= k <= n:
-        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+    _check_clients(n, k, min_k=1)
     total = math.comb(n, k)
     expectation = Fraction(0)
     for j in range(1, n + 1):

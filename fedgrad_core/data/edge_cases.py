@@ -14,7 +14,6 @@ benign client holds them with their true label and the held-out part is never se
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import torch
