@@ -39,18 +39,48 @@ class RunResult:
                 return record[key]
         return None
 
-    def summary(self) -> dict[str, Any]:
-        tprs = [r["tpr"] for r in self.history if r["tpr"] is not None]
-        fprs = [r["fpr"] for r in self.history if r["fpr"] is not None]
-        secs = [r["aggregation_seconds"] for r in self.history]
+    def summary(self, window: int = 5) -> dict[str, Any]:
+        """The run's reported numbers, each with one definition used everywhere (CLI, tables, book).
+
+        * ``best_main_acc`` / ``best_backdoor_acc``: the paper's metric for Table 2 (section 5.2:
+          "the best accuracy that each FL method reaches during training"), the maximum over the
+          evaluated rounds.  For the backdoor this is the *attacker's* best: the highest backdoor
+          accuracy the global model showed at any evaluated round, however briefly.
+        * ``mean_main_acc_last`` / ``mean_backdoor_acc_last``: the robust metric, the mean over the
+          last ``window`` evaluated rounds (all of them if fewer were evaluated); one round is noisy
+          when attackers come and go, and a maximum rewards a lucky round.
+        * ``final_main_acc`` / ``final_backdoor_acc``: the last evaluated round.
+        * ``mean_tpr`` / ``mean_fpr``: mean over the rounds where they are defined (TPR needs an
+          attacker among the round's clients, FPR a benign one).
+        * ``mean_aggregation_seconds``: mean wall time of the defense's aggregation per round.
+
+        Accuracies are fractions in [0, 1]; a metric with no defined round (a run without a backdoor
+        test set, a run without attackers for the TPR) is None.  ``rounds`` is the number of rounds
+        in the history and ``window`` the window asked for.
+        """
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(
+                f"window (how many of the last evaluated rounds to average) must be an integer >= 1, got {window!r}"
+            )
+        main = self._defined("main_acc")
+        backdoor = self._defined("backdoor_acc")
         return {
             "rounds": len(self.history),
-            "main_acc": self.last("main_acc"),
-            "backdoor_acc": self.last("backdoor_acc"),
-            "mean_tpr": sum(tprs) / len(tprs) if tprs else None,
-            "mean_fpr": sum(fprs) / len(fprs) if fprs else None,
-            "mean_aggregation_seconds": sum(secs) / len(secs) if secs else None,
+            "window": window,
+            "best_main_acc": max(main) if main else None,
+            "best_backdoor_acc": max(backdoor) if backdoor else None,
+            "mean_main_acc_last": _mean(main[-window:]),
+            "mean_backdoor_acc_last": _mean(backdoor[-window:]),
+            "final_main_acc": main[-1] if main else None,
+            "final_backdoor_acc": backdoor[-1] if backdoor else None,
+            "mean_tpr": _mean(self._defined("tpr")),
+            "mean_fpr": _mean(self._defined("fpr")),
+            "mean_aggregation_seconds": _mean(self._defined("aggregation_seconds")),
         }
+
+    def _defined(self, key: str) -> list[float]:
+        """The non-None values of ``key`` in round order."""
+        return [r[key] for r in self.history if r.get(key) is not None]
 
     def to_json(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "history": self.history, "meta": self.meta}
@@ -64,6 +94,10 @@ class RunResult:
     def load(cls, path: str | Path) -> "RunResult":
         data = json.loads(Path(path).read_text())
         return cls(ExperimentConfig.from_dict(data["config"]), data["history"], data.get("meta", {}))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
