@@ -1,0 +1,178 @@
+"""report: the summary table over seeds (95% t-interval), the reader's table, the paper's numbers."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from fedgrad_core.config import ExperimentConfig
+from fedgrad_core.report import (
+    ci95_half_width,
+    column_name,
+    reader_table,
+    summary_table,
+    tidy,
+    to_markdown,
+    with_paper,
+)
+from fedgrad_core.results import RunResult
+
+T_975_2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (printed tables: 4.303)
+
+
+def _run(seed, main, backdoor, tpr=(1.0, 0.5), fpr=(0.0, 0.2)):
+    """Two rounds, both evaluated: main / backdoor are (round 1, round 2) pairs."""
+    history = [
+        {"round": i + 1, "main_acc": main[i], "backdoor_acc": backdoor[i], "tpr": tpr[i], "fpr": fpr[i],
+         "attackers": [], "flagged": [], "selected": [], "aggregation_seconds": 0.01 * (i + 1), "lr": 0.02}
+        for i in range(2)
+    ]
+    return RunResult(ExperimentConfig(rounds=2, seed=seed), history)
+
+
+@pytest.fixture
+def runs():
+    # Best main accuracy per seed 0.80, 0.90, 0.85 (mean 0.85, s = 0.05); the backdoor peaks in
+    # round 1 for fedavg (0.6, 0.7, 0.8) and stays low for the defense; one seed only for "solo".
+    return {
+        "fedavg": [_run(0, (0.80, 0.70), (0.6, 0.5)), _run(1, (0.90, 0.88), (0.7, 0.4)),
+                   _run(2, (0.85, 0.84), (0.8, 0.3))],
+        "defense": [_run(0, (0.70, 0.82), (0.1, 0.0)), _run(1, (0.75, 0.83), (0.2, 0.1)),
+                    _run(2, (0.80, 0.84), (0.0, 0.0), tpr=(None, None))],
+        "solo": [_run(5, (0.60, 0.65), (0.5, 0.5))],
+    }
+
+
+def test_ci95_half_width_is_students_t_times_the_standard_error():
+    assert ci95_half_width([0.80, 0.90, 0.85]) == pytest.approx(T_975_2 * 0.05 / math.sqrt(3))
+    assert ci95_half_width([1.0, 3.0]) == pytest.approx(12.706204736174698 * math.sqrt(2) / math.sqrt(2))
+    assert math.isnan(ci95_half_width([0.5])) and math.isnan(ci95_half_width([]))
+
+
+def test_summary_table_gives_the_mean_over_seeds_and_the_t_interval_of_every_metric(runs):
+    # Execute
+    table = summary_table(runs, window=1)
+    # Assert: one row per label, the mean and interval by hand
+    assert list(table.index) == ["fedavg", "defense", "solo"]
+    fedavg = table.loc["fedavg"]
+    assert (fedavg["seeds"], fedavg["rounds"], fedavg["window"]) == (3, 2, 1)
+    assert fedavg["best_main_acc"] == pytest.approx(0.85)
+    assert fedavg["best_main_acc_ci95"] == pytest.approx(T_975_2 * 0.05 / math.sqrt(3))
+    assert fedavg["best_backdoor_acc"] == pytest.approx(0.7)  # (0.6 + 0.7 + 0.8) / 3, s = 0.1
+    assert fedavg["best_backdoor_acc_ci95"] == pytest.approx(T_975_2 * 0.1 / math.sqrt(3))
+    assert fedavg["mean_backdoor_acc_last"] == pytest.approx(0.4)  # window 1: round 2 of each seed
+    assert fedavg["final_main_acc"] == pytest.approx((0.70 + 0.88 + 0.84) / 3)
+    assert fedavg["mean_tpr"] == pytest.approx(0.75) and fedavg["mean_tpr_ci95"] == pytest.approx(0.0)
+    assert fedavg["mean_aggregation_seconds"] == pytest.approx(0.015)
+    # a metric undefined in one seed is averaged over the others (two seeds: t with 1 d.o.f.)
+    assert table.loc["defense", "mean_tpr"] == pytest.approx(0.75)
+    assert table.loc["defense", "mean_tpr_ci95"] == pytest.approx(0.0)
+    # one seed: the mean, no interval
+    assert table.loc["solo", "best_main_acc"] == pytest.approx(0.65)
+    assert math.isnan(table.loc["solo", "best_main_acc_ci95"])
+
+
+def test_summary_table_window_changes_the_robust_metric_only(runs):
+    wide, narrow = summary_table(runs, window=5), summary_table(runs, window=1)
+    assert wide.loc["fedavg", "mean_backdoor_acc_last"] == pytest.approx((0.55 + 0.55 + 0.55) / 3)
+    assert wide.loc["fedavg", "best_backdoor_acc"] == narrow.loc["fedavg", "best_backdoor_acc"]
+    with pytest.raises(ValueError, match="window"):
+        summary_table(runs, window=0)
+    with pytest.raises(ValueError, match="no runs"):
+        summary_table({"empty": []})
+
+
+def test_reader_table_has_human_columns_mean_and_interval_in_one_cell_and_bold_best(runs):
+    # Execute
+    table = reader_table(summary_table(runs, window=1))
+    # Assert
+    assert list(table.columns) == [
+        "Main accuracy, best (%)", "Backdoor accuracy, best (%)", "Main accuracy, mean of last 1 rounds (%)",
+        "Backdoor accuracy, mean of last 1 rounds (%)", "TPR", "FPR",
+    ]
+    ci = T_975_2 * 0.05 / math.sqrt(3) * 100  # 12.42
+    assert table.loc["fedavg", "Main accuracy, best (%)"] == f"**85.0** ± {ci:.1f}"  # highest
+    assert table.loc["solo", "Main accuracy, best (%)"] == "65.0"  # one seed: no interval
+    # the lowest backdoor accuracy is the best: the defense's 10.0
+    assert table.loc["defense", "Backdoor accuracy, best (%)"].startswith("**10.0** ± ")
+    assert table.loc["fedavg", "Backdoor accuracy, best (%)"].startswith("70.0 ± ")
+    assert table.loc["fedavg", "TPR"] == "**0.75** ± 0.00"  # a tie with the defense: both marked
+    assert table.loc["defense", "TPR"] == "**0.75** ± 0.00"
+    assert table.index.name is None
+
+
+def test_reader_table_options(runs):
+    summary = summary_table(runs, window=1)
+    # a reference row does not compete; fractions; html marks; no marks
+    table = reader_table(summary, metrics=["best_main_acc"], percent=False, exclude_from_best=["fedavg"],
+                         markup="html")
+    assert list(table.columns) == ["Main accuracy, best"]
+    assert table.loc["fedavg", "Main accuracy, best"].startswith("0.850 ± ")
+    assert table.loc["defense", "Main accuracy, best"].startswith("<b>0.830</b> ± ")
+    plain = reader_table(summary, metrics=["best_backdoor_acc"], best={})
+    assert "**" not in "".join(plain.iloc[:, 0])
+    # an undefined metric shows a dash
+    summary.loc["solo", "mean_tpr"] = float("nan")
+    assert reader_table(summary, metrics=["mean_tpr"]).loc["solo", "TPR"] == "–"
+    with pytest.raises(ValueError, match="markup"):
+        reader_table(summary, markup="latex")
+    with pytest.raises(ValueError, match="'min' or 'max'"):
+        reader_table(summary, best={"best_main_acc": "highest"})
+    with pytest.raises(ValueError, match="not columns"):
+        reader_table(summary, metrics=["accuracy"])
+
+
+def test_with_paper_adds_labelled_paper_columns_beside_ours(runs):
+    # Prepare: Table 2's CIFAR-10 black-box numbers for FedAvg and FedGrad, as printed
+    ours = reader_table(summary_table(runs, window=3), metrics=["best_main_acc", "best_backdoor_acc", "mean_tpr"])
+    paper = {"fedavg": {"best_main_acc": "84.32", "best_backdoor_acc": 71.43},
+             "defense": {"best_main_acc": "84.62", "best_backdoor_acc": "5.10"}}
+    # Execute
+    table = with_paper(ours, paper)
+    # Assert: each paper column right after ours, "–" where the paper has no number
+    assert list(table.columns) == [
+        "Main accuracy, best (%)", "Main accuracy, best (%) (paper)",
+        "Backdoor accuracy, best (%)", "Backdoor accuracy, best (%) (paper)", "TPR",
+    ]
+    assert table["Main accuracy, best (%) (paper)"].tolist() == ["84.32", "84.62", "–"]
+    assert table["Backdoor accuracy, best (%) (paper)"].tolist() == ["71.43", "5.10", "–"]
+    assert table["Main accuracy, best (%)"].equals(ours["Main accuracy, best (%)"])
+
+
+def test_with_paper_on_the_numeric_summary_and_its_errors(runs):
+    summary = summary_table(runs, window=1)
+    table = with_paper(summary, {"fedavg": {"best_main_acc": 0.8432}})
+    assert table.columns.get_loc("best_main_acc (paper)") == summary.columns.get_loc("best_main_acc") + 1
+    assert table.loc["fedavg", "best_main_acc (paper)"] == pytest.approx(0.8432)
+    assert math.isnan(table.loc["solo", "best_main_acc (paper)"])
+    # the robust metric's column is found whatever its window
+    reader = reader_table(summary, metrics=["mean_backdoor_acc_last"])
+    assert "Backdoor accuracy, mean of last 1 rounds (%) (paper)" in with_paper(
+        reader, {"fedavg": {"mean_backdoor_acc_last": "1.0"}}).columns
+    with pytest.raises(ValueError, match="krum"):
+        with_paper(summary, {"krum": {"best_main_acc": 0.8}})
+    with pytest.raises(ValueError, match="unknown metrics"):
+        with_paper(summary, {"fedavg": {"MA": 0.8}})
+    with pytest.raises(ValueError, match="no column"):
+        with_paper(reader, {"fedavg": {"best_main_acc": "84.32"}})
+
+
+def test_column_names_name_the_window():
+    assert column_name("mean_backdoor_acc_last", 10) == "Backdoor accuracy, mean of last 10 rounds (%)"
+    assert column_name("best_main_acc", percent=False) == "Main accuracy, best"
+    with pytest.raises(ValueError, match="unknown metric"):
+        column_name("accuracy")
+
+
+def test_to_markdown_renders_a_pipe_table():
+    table = pd.DataFrame({"A (%)": ["**1.0** ± 0.1", "2|3"]}, index=["x", "y"])
+    assert to_markdown(table).splitlines() == [
+        "|  | A (%) |", "| --- | ---: |", "| x | **1.0** ± 0.1 |", "| y | 2\\|3 |",
+    ]
+
+
+def test_tidy_has_one_row_per_label_seed_and_round(runs):
+    frame = tidy(runs)
+    assert len(frame) == 7 * 2
+    assert set(frame.columns) >= {"label", "seed", "round", "main_acc", "backdoor_acc"}
+    assert frame[(frame.label == "fedavg") & (frame.seed == 1) & (frame["round"] == 1)].main_acc.item() == 0.90
