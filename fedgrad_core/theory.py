@@ -32,6 +32,10 @@ numbers match that event: for ``n = 100`` the exact expectation (``expected_roun
 is 23.9 rounds at ``K = 20`` and 49.9 at ``K = 10`` (paper: "roughly 25" and "about 50"), while
 the bound gives 90.3 and 116.8, and every *pair* meeting takes about 234 and 987 rounds
 (``simulate_rounds_until_covered(..., pairs=True)``).  Each function is named for what it computes.
+
+For the book's notebooks: ``one_class_change`` checks Proposition 1 over many SGD steps on one
+class (Figure 2's intuition), and ``capture_round`` returns the ultimate layers the server received
+in one real round of a run, for Observation 2 (Figures 3 and 4).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -255,3 +261,214 @@ def simulate_rounds_until_covered(
                 seen[chosen] = True
         rounds.append(t)
     return float(np.mean(rounds))
+
+
+# --------------------------------------------------------------------------- Proposition 1, many steps
+
+
+@dataclass(frozen=True)
+class OneClassChange:
+    """The change of the ultimate layer after local SGD on samples of one class only.
+
+    With a ReLU penultimate layer (``R >= 0`` for every sample, before and after training) and no
+    weight decay, Proposition 1 holds step by step with the same signs, so the summed change keeps
+    them: row ``label`` and bias ``label`` never decrease, every other row and bias never
+    increases.  Momentum adds up gradients of those same signs and keeps the pattern; weight decay
+    adds ``-wd W`` and can break it.
+    """
+
+    label: int
+    delta_w: Tensor  # classes x features, float64
+    delta_b: Tensor  # classes, float64
+    steps: int
+    nonnegative_representation: bool  # R >= 0 for every sample before and after training
+
+    @property
+    def expected_sign_w(self) -> Tensor:
+        """Proposition 1's sign for every entry, for ``R >= 0``: +1 on row ``label``, -1 elsewhere."""
+        signs = -torch.ones_like(self.delta_w)
+        signs[self.label] = 1.0
+        return signs
+
+    @property
+    def expected_sign_b(self) -> Tensor:
+        signs = -torch.ones_like(self.delta_b)
+        signs[self.label] = 1.0
+        return signs
+
+    @property
+    def agreement_w(self) -> float:
+        """Share of the weight entries that moved and moved with Proposition 1's sign."""
+        moved = self.delta_w != 0
+        if not moved.any():
+            return math.nan
+        return float((torch.sign(self.delta_w) == self.expected_sign_w)[moved].double().mean())
+
+    @property
+    def agreement_b(self) -> float:
+        """Share of the biases that moved with Proposition 1's sign (all of them move)."""
+        return float((torch.sign(self.delta_b) == self.expected_sign_b).double().mean())
+
+
+def one_class_change(
+    model: nn.Module,
+    x: Tensor,
+    label: int,
+    settings,
+    *,
+    seed: int = 0,
+    ultimate_layer: Optional[Sequence[str]] = None,
+) -> OneClassChange:
+    """Train a copy of ``model`` with ``fedgrad_core.training.local_train`` on the inputs ``x``,
+    all labelled ``label`` (``settings``: a ``LocalTraining``); report the ultimate layer's change.
+
+    ``model`` is not modified.  The representation check runs the copy in eval mode before and
+    after training on every input of ``x``.
+    """
+    from fedgrad_core.data.task import Split
+    from fedgrad_core.training import local_train
+
+    work = copy.deepcopy(model).cpu()
+    layer = _linear_by_keys(work, ultimate_layer)
+    if layer.bias is None:
+        raise ValueError("the ultimate layer has no bias")
+    if not 0 <= int(label) < layer.out_features:
+        raise ValueError(f"label {label} is not a class of a {layer.out_features}-class model")
+    if len(x) == 0:
+        raise ValueError("one_class_change needs at least one sample")
+
+    def representation_nonnegative() -> bool:
+        captured: list[Tensor] = []
+        handle = layer.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
+        try:
+            work.eval()
+            with torch.no_grad():
+                work(x)
+        finally:
+            handle.remove()
+        return bool((captured[0] >= 0).all())
+
+    nonneg_before = representation_nonnegative()
+    before_w = layer.weight.detach().to(torch.float64).clone()
+    before_b = layer.bias.detach().to(torch.float64).clone()
+    data = Split(x, torch.full((len(x),), int(label), dtype=torch.int64))
+    steps = local_train(work, data, settings, generator=torch.Generator().manual_seed(seed))
+    nonneg_after = representation_nonnegative()
+    return OneClassChange(
+        label=int(label),
+        delta_w=layer.weight.detach().to(torch.float64) - before_w,
+        delta_b=layer.bias.detach().to(torch.float64) - before_b,
+        steps=steps,
+        nonnegative_representation=nonneg_before and nonneg_after,
+    )
+
+
+# --------------------------------------------------------------------------- Observation 2, a real round
+
+
+@dataclass(frozen=True)
+class RoundCapture:
+    """The ultimate layers the server received in one real round of ``run_experiment``.
+
+    Rows follow ``client_ids`` (sorted).  ``w_clients``: K x classes x features, ``b_clients``:
+    K x classes, ``w_prev`` / ``b_prev``: the global model's before the round, all float64 numpy.
+    ``record`` is the round's history record (attackers, flagged, the defense's diagnostics).
+    """
+
+    round_idx: int
+    client_ids: tuple[int, ...]
+    attackers: tuple[int, ...]
+    num_samples: tuple[int, ...]
+    w_prev: np.ndarray
+    b_prev: np.ndarray
+    w_clients: np.ndarray
+    b_clients: np.ndarray
+    record: dict
+
+    @property
+    def is_attacker(self) -> np.ndarray:
+        return np.array([c in self.attackers for c in self.client_ids], dtype=bool)
+
+
+class _RecordingDefense:
+    """Wraps the run's own defense object for one round: records the ultimate layers it receives,
+    then lets the wrapped defense aggregate exactly as it would have."""
+
+    def __init__(self, inner, ultimate_layer: Optional[Sequence[str]]) -> None:
+        self.inner = inner
+        self.ultimate_layer = ultimate_layer
+        self.seen: Optional[dict] = None
+
+    def aggregate(self, global_state, updates, round_idx):
+        from fedgrad_core.defenses.fedgrad import find_ultimate_layer
+
+        wkey, bkey = self.ultimate_layer or find_ultimate_layer(global_state)
+        ordered = sorted(updates, key=lambda u: u.client_id)
+
+        def f64(t: Tensor):
+            return t.detach().cpu().to(torch.float64).numpy()
+
+        self.seen = {
+            "client_ids": tuple(int(u.client_id) for u in ordered),
+            "num_samples": tuple(int(u.num_samples) for u in ordered),
+            "w_prev": f64(global_state[wkey]),
+            "b_prev": f64(global_state[bkey]),
+            "w_clients": np.stack([f64(u.state[wkey]) for u in ordered]),
+            "b_clients": np.stack([f64(u.state[bkey]) for u in ordered]),
+        }
+        return self.inner.aggregate(global_state, updates, round_idx)
+
+
+def capture_round(config, round_idx: int, *, ultimate_layer: Optional[Sequence[str]] = None) -> RoundCapture:
+    """Play ``config`` round by round as ``run_experiment`` does, up to round ``round_idx``, and
+    return the ultimate layers the server received in that round.
+
+    The set-up and the rounds are the simulation's own (``fedgrad_core.simulation.run_round``); only
+    the defense object is wrapped in round ``round_idx`` to record what it receives, and it then
+    aggregates as it would have.  Since the simulation seeds every round by its index, the round
+    equals that of an uninterrupted ``run_experiment`` (a test checks this record for record).
+    """
+    from fedgrad_core.config import attack_params, defense_context, validate
+    from fedgrad_core.data import load_task
+    from fedgrad_core.data.partition import partition
+    from fedgrad_core.defenses import build_defense
+    from fedgrad_core.models import make_model
+    from fedgrad_core.attacks import make_attack
+    from fedgrad_core import simulation as sim
+
+    validate(config)
+    if isinstance(round_idx, bool) or not isinstance(round_idx, int) or not 1 <= round_idx <= config.rounds:
+        raise ValueError(f"round_idx must be an integer in [1, rounds={config.rounds}], got {round_idx!r}")
+    device = sim.resolve_device(config.device)
+    # The set-up of run_experiment, step for step.
+    attack = make_attack(config.attack, **attack_params(config))
+    task = attack.setup(load_task(config.dataset), seed=config.seed)
+    backdoor = attack.backdoor_test_set()
+    shards = [
+        task.train.subset(idx)
+        for idx in partition(
+            task.train.y.numpy(), config.num_clients, scheme=config.partition, noniid=config.noniid,
+            seed=int(sim.rng(config.seed, sim._PARTITION).integers(2**31)),
+        )
+    ]
+    pool = sim.attacker_pool(config)
+    shape = dict(in_channels=task.image_shape[0], num_classes=task.num_classes, seed=config.seed)
+    model = make_model(config.model_name, **shape).to(device)
+    defense = build_defense(config.defense, config.defense_params, defense_context(config))
+    if config.pretrain_epochs:
+        model.load_state_dict(sim.pretrained_state(config, task, device))
+    worker = make_model(config.model_name, **shape).to(device)
+
+    recorder = _RecordingDefense(defense, ultimate_layer)
+    record: dict = {}
+    for r in range(1, round_idx + 1):
+        acting = recorder if r == round_idx else defense
+        record = sim.run_round(config, r, model, worker, acting, attack, task, backdoor, shards, pool, device)
+    if recorder.seen is None:
+        raise RuntimeError(f"round {round_idx} did not reach the defense")
+    return RoundCapture(
+        round_idx=round_idx,
+        attackers=tuple(int(c) for c in record["attackers"]),
+        record=record,
+        **recorder.seen,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -106,3 +107,84 @@ def test_expected_rounds_all_clients_small_case():
     # n = 2, k = 1: coupon collector with two coupons, 1 + 2 = 3 rounds
     assert expected_rounds_all_clients(2, 1) == pytest.approx(3.0)
     assert math.isclose(expected_rounds_all_clients(7, 7), 1.0)
+
+
+# --------------------------------------------------------------------------- many steps on one class
+
+
+def _one_class_inputs(count, seed):
+    return torch.rand(count, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_one_class_training_keeps_proposition1_signs(momentum):
+    # Prepare: a ReLU penultimate layer, 45 samples of class 3, several SGD steps, no weight decay
+    from fedgrad_core.theory import one_class_change
+    from fedgrad_core.training import LocalTraining
+
+    model = make_model("digits_mlp", in_channels=1, num_classes=10, seed=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = LocalTraining(lr=0.05, epochs=2, batch_size=16, momentum=momentum, weight_decay=0.0)
+    # Execute
+    change = one_class_change(model, _one_class_inputs(45, 0), 3, settings, seed=1)
+    # Assert: 3 batches x 2 epochs; row 3 and bias 3 grow, every other row and bias shrinks
+    assert change.steps == 6 and change.nonnegative_representation
+    assert change.agreement_w == 1.0 and change.agreement_b == 1.0
+    assert change.delta_b[3] > 0 and (torch.cat([change.delta_b[:3], change.delta_b[4:]]) < 0).all()
+    assert (change.delta_w[3] >= 0).all() and (change.delta_w[3] > 0).any()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+
+
+def test_weight_decay_can_break_the_sign_pattern():
+    # Prepare: weight decay pulls every weight towards 0, also those of units no sample activates
+    from fedgrad_core.theory import one_class_change
+    from fedgrad_core.training import LocalTraining
+
+    model = make_model("digits_mlp", in_channels=1, num_classes=10, seed=2)
+    settings = LocalTraining(lr=0.05, epochs=2, batch_size=16, momentum=0.0, weight_decay=0.5)
+    # Execute
+    change = one_class_change(model, _one_class_inputs(45, 0), 3, settings, seed=1)
+    # Assert: some entries now move against Proposition 1's sign, but not most of them
+    assert 0.5 < change.agreement_w < 1.0
+
+
+def test_one_class_change_errors():
+    from fedgrad_core.theory import one_class_change
+    from fedgrad_core.training import LocalTraining
+
+    model = make_model("digits_mlp", in_channels=1, num_classes=10, seed=0)
+    settings = LocalTraining(lr=0.05, epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match="label 10"):
+        one_class_change(model, _one_class_inputs(4, 0), 10, settings)
+    with pytest.raises(ValueError, match="at least one sample"):
+        one_class_change(model, _one_class_inputs(0, 0), 1, settings)
+
+
+# --------------------------------------------------------------------------- a real round, recorded
+
+
+@pytest.mark.slow
+def test_capture_round_is_the_uninterrupted_runs_round():
+    # Prepare: a small digits run under attack with FedGrad (history from round 1)
+    from fedgrad_core import ExperimentConfig, run_experiment
+    from fedgrad_core.theory import capture_round
+
+    config = ExperimentConfig(
+        dataset="digits", num_clients=8, clients_per_round=4, rounds=3, local_epochs=1, attack="blackbox",
+        defense="fedgrad", defense_params={"switch_round": 2}, pretrain_epochs=1, seed=3, device="cpu",
+    )
+    # Execute
+    capture = capture_round(config, 3)
+    plain = run_experiment(config, progress=False).history[-1]
+    # Assert: the same round as an uninterrupted run, and the layers the server saw
+    drop = {"aggregation_seconds"}
+    assert {k: v for k, v in capture.record.items() if k not in drop} == {
+        k: v for k, v in plain.items() if k not in drop
+    }
+    assert list(capture.client_ids) == plain["selected"] and list(capture.attackers) == plain["attackers"]
+    assert capture.w_clients.shape == (4, 10, 64) and capture.b_clients.shape == (4, 10)
+    assert capture.w_prev.shape == (10, 64) and len(capture.num_samples) == 4
+    assert capture.is_attacker.tolist() == [c in plain["attackers"] for c in plain["selected"]]
+    assert not np.allclose(capture.w_clients[0], capture.w_prev)  # local training moved the layer
+    with pytest.raises(ValueError, match="round_idx"):
+        capture_round(config, 4)
