@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every N rounds (needs --out)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--summary-window", type=int, default=5,
+        help="the summary's robust metric averages the last N evaluated rounds (default: 5)",
+    )
     sub.add_parser("list", help="list data sets, models, defenses and attacks")
     return parser
 
@@ -83,6 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ConfigError("--checkpoint-every and --resume need --out")
         if args.checkpoint_every is not None and args.checkpoint_every < 1:
             raise ConfigError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+        if args.summary_window < 1:
+            raise ConfigError(f"--summary-window must be >= 1, got {args.summary_window}")
     except ConfigError as exc:
         print(f"fedgrad: error: {exc}", file=sys.stderr)
         return 2
@@ -97,14 +103,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataUnavailable as exc:
         print(f"fedgrad: error: {exc}", file=sys.stderr)
         return 2
-    s = result.summary()
-    parts = [f"{k}={_fmt(v)}" for k, v in s.items()]
-    print(f"{config.defense}/{config.attack} on {config.dataset}: " + " ".join(parts) + (f" -> {args.out}" if args.out else ""))
+    header = f"{config.defense}/{config.attack} on {config.dataset}:"
+    print(format_summary(result.summary(args.summary_window), header, out=args.out))
     return 0
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def format_summary(summary: dict[str, Any], header: str, *, out: Optional[str] = None) -> str:
+    """``RunResult.summary`` for a terminal: each number labelled with its definition (best over
+    the evaluated rounds, the paper's Table 2 metric; mean of the last N evaluated rounds; final)."""
+    n = summary["window"]
+
+    def pct(value: Optional[float]) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f}%"
+
+    def frac(value: Optional[float], digits: int = 2) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"{header} {summary['rounds']} rounds" + (f" -> {out}" if out else "")]
+    for name, key in (("main accuracy", "main"), ("backdoor accuracy", "backdoor")):
+        lines.append(
+            f"  {name + ':':<19} best {pct(summary[f'best_{key}_acc'])} (paper's metric), "
+            f"mean of last {n} evaluated rounds {pct(summary[f'mean_{key}_acc_last'])}, "
+            f"final {pct(summary[f'final_{key}_acc'])}"
+        )
+    lines.append(
+        f"  {'detection:':<19} mean TPR {frac(summary['mean_tpr'])}, mean FPR {frac(summary['mean_fpr'])} "
+        "(over the rounds where defined)"
+    )
+    lines.append(f"  {'aggregation:':<19} {frac(summary['mean_aggregation_seconds'], 4)} s per round (mean)")
+    return "\n".join(lines)
 
 
 def _list() -> int:

@@ -78,3 +78,26 @@ def test_cli_runs_and_writes_the_result(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "fedavg/blackbox on digits:" in proc.stdout and str(out) in proc.stdout
     assert out.exists()
+
+
+def test_cli_summary_labels_the_best_and_the_mean_of_the_last_n_rounds():
+    from fedgrad_core.cli import format_summary
+
+    summary = {
+        "rounds": 8, "window": 3, "best_main_acc": 0.8, "best_backdoor_acc": 0.9, "mean_main_acc_last": 0.7767,
+        "mean_backdoor_acc_last": 0.3, "final_main_acc": 0.78, "final_backdoor_acc": 0.1, "mean_tpr": None,
+        "mean_fpr": 0.125, "mean_aggregation_seconds": 0.45,
+    }
+
+    lines = format_summary(summary, "fedavg/blackbox on digits:", out="r.json").splitlines()
+
+    assert lines[0] == "fedavg/blackbox on digits: 8 rounds -> r.json"
+    assert "best 90.00% (paper's metric)" in lines[2] and "mean of last 3 evaluated rounds 30.00%" in lines[2]
+    assert lines[2].lstrip().startswith("backdoor accuracy:") and "final 10.00%" in lines[2]
+    assert "best 80.00%" in lines[1] and "mean of last 3 evaluated rounds 77.67%" in lines[1]
+    assert "mean TPR n/a, mean FPR 0.12" in lines[3]
+
+
+def test_cli_rejects_a_summary_window_below_one(capsys):
+    assert main(["run", "--summary-window", "0", "--quiet"]) == 2
+    assert "--summary-window must be >= 1" in capsys.readouterr().err
