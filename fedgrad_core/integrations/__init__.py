@@ -1,0 +1,1 @@
+"""Bridges to outside frameworks; each module here is the only one that imports its framework."""

@@ -1,0 +1,159 @@
+"""Run cache and executors (fedgrad_core.runs, integrations.ray_executor)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+import fedgrad_core
+from fedgrad_core import ExperimentConfig, runs
+from fedgrad_core.results import RunResult
+
+# A tiny digits run: a few seconds, no downloads.
+TINY = ExperimentConfig(
+    dataset="digits", num_clients=8, clients_per_round=4, rounds=2, local_epochs=1, pretrain_epochs=1,
+    attack="blackbox", defense="fedavg",
+)
+
+
+def timeless(history):
+    """The history without wall-clock timings (the only part of a run that is not a function of its config)."""
+    if isinstance(history, dict):
+        return {k: timeless(v) for k, v in history.items() if not k.endswith("seconds")}
+    if isinstance(history, list):
+        return [timeless(v) for v in history]
+    return history
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts calls of the simulation behind run_cached (results are real runs)."""
+    from fedgrad_core import simulation
+
+    calls = []
+    real = simulation.run_experiment
+
+    def spy(config, **kwargs):
+        calls.append(config)
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(simulation, "run_experiment", spy)
+    return calls
+
+
+def test_key_depends_on_every_field_and_the_version(monkeypatch):
+    base = runs.config_key(TINY)
+    assert runs.config_key(TINY.replace()) == base  # equal configs, equal keys
+    assert runs.config_key(TINY.replace(lr=0.021)) != base
+    assert runs.config_key(TINY.replace(defense_params={"switch_round": 3})) != base
+    assert runs.config_key(TINY.replace(seed=1)) != base
+    monkeypatch.setattr(fedgrad_core, "__version__", "9.9.9")
+    assert runs.config_key(TINY) != base
+
+
+def test_runs_dir_prefers_argument_then_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDGRAD_CACHE", str(tmp_path / "c"))
+    assert runs.runs_dir() == tmp_path / "c" / "runs"
+    assert runs.runs_dir(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.delenv("FEDGRAD_CACHE")
+    assert runs.runs_dir().as_posix() == "results/runs"
+
+
+@pytest.mark.slow
+def test_cache_hit_returns_identical_result_without_rerunning(tmp_path, counted):
+    first = runs.run_cached(TINY, cache_dir=tmp_path)
+    path = runs.cache_path(TINY, tmp_path)
+    mtime = path.stat().st_mtime_ns
+
+    again = runs.run_cached(TINY, cache_dir=tmp_path)
+
+    assert len(counted) == 1  # ran once
+    assert path.stat().st_mtime_ns == mtime  # file not rewritten
+    assert again.history == first.history and again.meta == first.meta
+    assert again.config == TINY
+    assert json.loads(path.read_text())["config"] == TINY.to_dict()
+
+
+@pytest.mark.slow
+def test_changed_parameter_reruns_only_that_run(tmp_path, counted):
+    runs.run_cached(TINY, cache_dir=tmp_path)
+    changed = TINY.replace(lr=0.03)
+
+    results = runs.run_many([TINY, changed, TINY], executor="sequential", cache_dir=tmp_path, progress=False)
+
+    assert counted == [TINY, changed]  # TINY from the cache, the duplicate not run twice
+    assert results[0].history == results[2].history
+    assert results[1].config.lr == 0.03
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_damaged_or_foreign_cache_file_is_not_trusted(tmp_path):
+    path = runs.cache_path(TINY, tmp_path)
+    path.write_text("{not json")
+    assert runs.load_cached(TINY, tmp_path) is None
+    RunResult(TINY.replace(seed=5), [{"round": 1}], {}).save(path)  # right name, other config
+    assert runs.load_cached(TINY, tmp_path) is None
+
+
+def test_threads_per_worker_never_oversubscribes():
+    assert runs.threads_per_worker(1, cores=2) == 2
+    assert runs.threads_per_worker(2, cores=2) == 1
+    assert runs.threads_per_worker(3, cores=2) == 1
+    assert runs.threads_per_worker(2, cores=16) == 8
+
+
+def test_pretrain_group_shares_the_pretrained_model_across_defenses():
+    mnist = ExperimentConfig(dataset="mnist", attack="blackbox", defense="fedavg")
+    assert runs.pretrain_group(mnist) == runs.pretrain_group(mnist.replace(defense="krum", attack="pgd"))
+    assert runs.pretrain_group(mnist) != runs.pretrain_group(mnist.replace(seed=1))
+    # digits' tail edge-case set removes examples from the training set: the attack matters there
+    assert runs.pretrain_group(TINY) != runs.pretrain_group(TINY.replace(attack="pixel_trigger"))
+
+
+def test_run_many_rejects_bad_arguments_before_running(tmp_path):
+    with pytest.raises(ValueError, match="unknown executor 'threads'"):
+        runs.run_many([TINY], executor="threads", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        runs.run_many([TINY], workers=0, cache_dir=tmp_path)
+    with pytest.raises(fedgrad_core.ConfigError, match="unknown defense"):
+        runs.run_many([TINY, TINY.replace(defense="nope")], cache_dir=tmp_path)
+    assert not list(tmp_path.glob("*.json"))  # nothing ran
+
+
+@pytest.mark.slow
+def test_local_processes_equal_sequential(tmp_path):
+    configs = [TINY, TINY.replace(seed=1), TINY.replace(defense="fedgrad", defense_params={"switch_round": 1})]
+
+    parallel = runs.run_many(configs, executor="local", workers=2, cache_dir=tmp_path / "p", progress=False)
+    # the same torch thread count per run as the two workers had (1 each on 2 cores)
+    sequential = runs.run_many(
+        configs, executor="sequential", threads=runs.threads_per_worker(2), cache_dir=tmp_path / "s", progress=False
+    )
+
+    assert [r.config for r in parallel] == configs
+    for p, s in zip(parallel, sequential):
+        assert timeless(p.history) == timeless(s.history)
+    names = sorted(f.name for f in (tmp_path / "p").glob("*.json"))
+    assert names == sorted(f.name for f in (tmp_path / "s").glob("*.json"))
+    assert parallel[0].meta["cpu_threads"] == runs.threads_per_worker(2)
+
+
+@pytest.mark.slow
+def test_ray_executor_equals_sequential(tmp_path):
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed (optional extra: pip install 'fedgrad-core[ray]')")
+    import ray
+
+    configs = [TINY, TINY.replace(seed=1)]
+    try:
+        got = runs.run_many(
+            configs, executor="ray", threads=1, cache_dir=tmp_path / "r", progress=False,
+            init_kwargs={"num_cpus": 2, "include_dashboard": False},
+        )
+    finally:
+        ray.shutdown()
+    want = runs.run_many(configs, executor="sequential", threads=1, cache_dir=tmp_path / "s", progress=False)
+    assert [timeless(r.history) for r in got] == [timeless(r.history) for r in want]
+    assert len(list((tmp_path / "r").glob("*.json"))) == 2
