@@ -1,6 +1,7 @@
 """Trigger patterns, stamping, per-batch poisoning and the three trigger attacks' hooks."""
 
 import os
+from fractions import Fraction
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from fedgrad_core.attacks.triggers import (
     TriggerPoisoning,
     global_trigger,
     local_triggers,
-    poison_count,
+    exact_rate,
+    poison_total,
     stamp,
     trigger_mask,
 )
@@ -92,9 +94,68 @@ def test_stamp_rejects_a_wrong_number_of_channel_values():
 # --------------------------------------------------------------------------- poisoning rate
 
 
-@pytest.mark.parametrize("rate, batch, expected", [(5 / 64, 64, 5), (12 / 64, 64, 12), (6 / 25, 25, 6), (0.25, 32, 8), (5 / 64, 32, 3), (0.25, 1, 0)])
-def test_poison_count_is_rate_times_batch_rounded_half_up(rate, batch, expected):
-    assert poison_count(rate, batch) == expected
+@pytest.mark.parametrize(
+    "rate, samples, expected",
+    [(5 / 64, 64, 5), (5 / 64, 32, 3), (5 / 64, 0, 0), (12 / 64, 100, 19), (6 / 25, 25, 6), (0.24, 50, 12),
+     (0.3, 5, 2), (0.25, 70, 18), (1.0, 7, 7)],
+)
+def test_poison_total_is_rate_times_samples_rounded_half_up_exactly(rate, samples, expected):
+    # 0.3 * 5 = 1.5 rounds up to 2 (in binary floating point 0.3 * 5 + 0.5 falls just below 2)
+    assert poison_total(rate, samples) == expected
+
+
+def test_exact_rate_recovers_table1_fractions_and_rejects_rates_outside_0_1():
+    assert exact_rate(6 / 25) == Fraction(6, 25) and exact_rate(0.24) == Fraction(6, 25)
+    assert exact_rate(5 / 64) == Fraction(5, 64)
+    for bad in (0.0, -0.1, 1.5, True):
+        with pytest.raises(ValueError, match="poisoned data rate"):
+            exact_rate(bad)
+
+
+def _poisoned_per_batch(hooks, batch_sizes, target=2):
+    """Feed batches of the given sizes (zero images, label 0) and count the stamped, relabelled samples."""
+    counts = []
+    for n in batch_sizes:
+        x, y = torch.zeros(n, 1, 8, 8), torch.zeros(n, dtype=torch.int64)
+        px, py = hooks.transform_batch(x, y)
+        stamped = (px != x).flatten(1).any(1)
+        assert torch.equal(stamped, py == target)  # stamped exactly when relabelled
+        assert not stamped[int(stamped.sum()):].any()  # the first samples of the batch
+        counts.append(int(stamped.sum()))
+    return counts
+
+
+@pytest.mark.parametrize(
+    "rate, batch_sizes, expected",
+    [
+        # Table 1's MNIST rate at DBA's batch of 64: 5 in every batch, as in the DBA code
+        (5 / 64, [64] * 10, [5] * 10),
+        # ... at batch 32: 2.5 per batch carried as 3, 2, 3, 2 (rounding per batch gave 3 each: 6/64)
+        (5 / 64, [32] * 10, [3, 2] * 5),
+        # an epoch of 600 at batch 64 ends with a small batch of 24: 46.875 -> 47 in all
+        (5 / 64, [64] * 9 + [24], [5] * 9 + [2]),
+        # batch 10 (round(0.78) = 1 per batch would poison 10 of 100 instead of 7.8)
+        (5 / 64, [10] * 10, [1, 1, 0, 1, 1, 1, 0, 1, 1, 1]),
+        # the digits default 8/32 on a client of 70 (32, 32, 6), two epochs: the remainder carries over
+        (0.25, [32, 32, 6, 32, 32, 6], [8, 8, 2, 8, 8, 1]),
+        # CIFAR-10's 6/25 at batch 32 with a last batch of 4 (100 samples: 24)
+        (6 / 25, [32, 32, 32, 4], [8, 7, 8, 1]),
+    ],
+)
+def test_poisoning_keeps_the_stated_rate_over_an_epoch(rate, batch_sizes, expected):
+    # Prepare
+    hooks = TriggerPoisoning(global_trigger(8, 8), torch.tensor([7.0]), target=2, rate=rate)
+    # Execute
+    counts = _poisoned_per_batch(hooks, batch_sizes)
+    # Assert: the hand-computed schedule; in all, round(rate x samples), within one of the rate
+    assert counts == expected
+    samples = sum(batch_sizes)
+    assert sum(counts) == poison_total(rate, samples) == hooks.poisoned and hooks.seen == samples
+    assert abs(sum(counts) - rate * samples) <= 0.5
+    # every epoch (here: every stretch of batches) is within one of its share
+    for start in range(len(counts)):
+        for stop in range(start + 1, len(counts) + 1):
+            assert abs(sum(counts[start:stop]) - rate * sum(batch_sizes[start:stop])) <= 1
 
 
 def test_poisoned_batch_holds_the_stated_rate_of_stamped_target_samples():
@@ -135,12 +196,13 @@ def test_attacks_poison_every_training_batch_at_their_rate(digits, name):
     settings = attack.local_training(LocalTraining(lr=0.02, epochs=2, batch_size=32))
     # Execute
     local_train(model, data, settings, generator=torch.Generator().manual_seed(0), hooks=hooks)
-    # Assert: 4 batches per epoch (32, 32, 32, 4), each with round(0.25 x size) stamped samples
+    # Assert: 4 batches per epoch (32, 32, 32, 4): 25 of the 100 samples poisoned in every epoch
     assert settings.epochs == attack.settings.poison_epochs and settings.lr == attack.settings.poison_lr
-    assert len(seen) == 4 * settings.epochs
+    assert [n for n, _ in seen] == [32, 32, 32, 4] * settings.epochs
+    assert hooks.poisoned == 25 * settings.epochs and hooks.seen == 100 * settings.epochs
     # a stamped sample can equal its original only if its trigger pixels were white already
-    assert all(n_poisoned <= poison_count(0.25, n) for n, n_poisoned in seen)
-    assert sum(p for _, p in seen) >= 0.9 * sum(poison_count(0.25, n) for n, _ in seen)
+    assert all(n_poisoned <= 8 for n, n_poisoned in seen)
+    assert sum(p for _, p in seen) >= 0.9 * hooks.poisoned
 
 
 # --------------------------------------------------------------------------- the attacks

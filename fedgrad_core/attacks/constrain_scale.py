@@ -1,9 +1,10 @@
 """Constrain-and-scale attack (Bagdasaryan et al., AISTATS 2020, "How to backdoor federated
-learning"; settings of the paper's Table 1, trigger and per-batch poisoning of the DBA code of
+learning"; settings of the paper's Table 1, trigger and in-batch poisoning of the DBA code of
 Xie et al. 2020).
 
-Every attacker trains on its own partition with the full pixel trigger stamped on
-``round(PDR * batch size)`` samples of each batch (relabelled to ``target``, default 2), minimising
+Every attacker trains on its own partition with the full pixel trigger stamped on a share PDR
+of its samples (counted over the batches, the remainder carried: ``triggers.poison_total``;
+relabelled to ``target``, default 2), minimising
 
     alpha * task loss + (1 - alpha) * ||w - w_global||_2
 

@@ -2,8 +2,8 @@
 
 The global pixel trigger is split into four local triggers (``triggers.local_triggers``: the four
 bars).  Attacker ``attacker_rank`` (its position in the fixed attacker pool) stamps only local
-trigger ``attacker_rank % 4`` on ``round(PDR * batch size)`` samples of each batch of its own
-partition, relabelled to ``target`` (default 2), trains with its own lr and epochs and scales its
+trigger ``attacker_rank % 4`` on a share PDR of the samples of its own partition (counted over
+the batches, the remainder carried: ``triggers.poison_total``), relabelled to ``target`` (default 2), trains with its own lr and epochs and scales its
 update by ``scale``.  The backdoor is tested with the full global trigger.  As in the DBA code
 (``alpha_loss: 1``) there is no anomaly loss.  Defaults (Table 1): MNIST PDR 5/64, scale 100,
 poison lr 0.1, 2 epochs; CIFAR-10 PDR 6/25, scale 20, poison lr 0.1, 10 epochs; digits (ours) PDR

@@ -14,10 +14,23 @@ Geometry (bar length ``L``, gap ``G`` between the two bars of a row, row of the 
   8 x 8 digits that is rows 0 and 2, columns 0-1 and 3-4 (8 of 64 pixels).
 
 Stamping sets the trigger pixels to white (``task.pixel_value(task.pixel_max)``, normalised) in
-every channel and leaves every other pixel as it was.  Poisoning is per batch, as in the DBA code:
-the first ``round(PDR * batch size)`` samples of each (already shuffled) batch are stamped and
-relabelled to the target, where PDR is the poisoned data rate (Table 1 of the paper: 5/64 means 5
-poisoned samples in a batch of 64).  ``round`` rounds halves up.
+every channel and leaves every other pixel as it was.
+
+Poisoning rate.  PDR, the poisoned data rate, is a share of the samples (Table 1 of the paper: 5/64
+means 5 poisoned samples in every 64, DBA's batch size).  The DBA code poisons a fixed count per
+batch; rounding ``PDR * batch size`` per batch does not keep the rate at other batch sizes (5/64 at
+batch 32 becomes round(2.5) = 3 of 32, i.e. 6 of 64) and poisons nothing in a small last batch.  We
+carry the fractional remainder from batch to batch instead: after ``s`` samples of a local
+training, ``poison_total(PDR, s) = round(PDR * s)`` (halves up) of them have been poisoned, so each
+batch poisons ``poison_total(PDR, s + n) - poison_total(PDR, s)`` of its ``n`` samples (the first
+ones of the already shuffled batch), stamped and relabelled to the target.  Over any stretch of
+the training, and so over every epoch, the count is the stated rate times the samples within one;
+with DBA's batch of 64 and ``PDR * 64`` whole (5/64, 12/64) every full batch gets exactly the DBA
+code's count.  Why carrying rather than counting per block of 64 samples: it gives the same rate
+at every batch size, needs no block size, and spreads the poisoned samples over the batches.  (The
+DBA code poisons ``min(poisoning_per_batch, n)`` samples of a last batch of ``n < 64``; we poison
+its share.)  The rate is taken as the nearest fraction with denominator at most 10^6 (5/64 and
+6/25 exactly), so that ``round`` is exact and not at the mercy of binary floating point.
 
 ``TriggerAttack`` is the base of ``pixel_trigger``, ``constrain_scale`` and ``dba``: the attacker
 trains on its own partition with poisoned batches, with its own lr and epochs, optionally with
@@ -31,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from fractions import Fraction
 from typing import Optional
 
 import torch
@@ -100,14 +114,26 @@ def stamp(x: Tensor, pixels: Pixels, value: Tensor) -> Tensor:
     return out
 
 
-def poison_count(rate: float, batch: int) -> int:
-    """How many samples of a batch of ``batch`` are poisoned: ``rate * batch``, halves rounded up."""
-    return min(batch, int(math.floor(rate * batch + 0.5)))
+def exact_rate(rate: float) -> Fraction:
+    """``rate`` as the nearest fraction with denominator at most 10^6 (0.24 -> 6/25, 5/64 -> 5/64)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, Fraction)) or not 0 < rate <= 1:
+        raise ValueError(f"the poisoned data rate must be in (0, 1], got {rate!r}")
+    return Fraction(rate).limit_denominator(1_000_000)
+
+
+def poison_total(rate: float, samples: int) -> int:
+    """How many of the first ``samples`` samples of a local training are poisoned:
+    ``rate * samples`` rounded to the nearest integer, halves up (exact arithmetic)."""
+    if samples < 0:
+        raise ValueError(f"samples must be >= 0, got {samples}")
+    return math.floor(exact_rate(rate) * samples + Fraction(1, 2))
 
 
 class TriggerPoisoning(TrainingHooks):
-    """Stamp and relabel ``poison_count(rate, len(batch))`` samples of every batch; optionally add
-    the anomaly loss ``(1 - alpha) * ||w - w_global||`` to ``alpha * task loss``."""
+    """Stamp and relabel the poisoned share of every batch, carrying the remainder from batch to
+    batch (``poison_total``); optionally add the anomaly loss ``(1 - alpha) * ||w - w_global||`` to
+    ``alpha * task loss``.  One instance serves one local training: it counts the samples seen
+    (``seen``) and poisoned (``poisoned``) since it was made."""
 
     def __init__(
         self, pixels: Pixels, value: Tensor, target: int, rate: float,
@@ -115,11 +141,16 @@ class TriggerPoisoning(TrainingHooks):
     ):
         if alpha < 1.0 and center is None:
             raise ValueError("the anomaly loss (alpha < 1) needs the global model as center")
-        self.pixels, self.value, self.target, self.rate = pixels, value, target, rate
+        self.pixels, self.value, self.target, self.rate = pixels, value, target, exact_rate(rate)
         self.alpha, self.center = alpha, center
+        self.seen = 0
+        self.poisoned = 0
 
     def transform_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        k = poison_count(self.rate, len(y))
+        n = len(y)
+        k = poison_total(self.rate, self.seen + n) - poison_total(self.rate, self.seen)
+        self.seen += n
+        self.poisoned += k
         if k == 0:
             return x, y
         x = torch.cat([stamp(x[:k], self.pixels, self.value), x[k:]])
@@ -179,11 +210,11 @@ def _positive(name: str, value, *, integer: bool = False) -> None:
 
 
 class TriggerAttack(Attack):
-    """Shared by the trigger attacks: trigger, per-batch poisoning, poison lr/epochs, scaling.
+    """Shared by the trigger attacks: trigger, poisoning at the stated rate, poison lr/epochs, scaling.
 
     Parameters (keyword-only; None takes the data set's default from ``TABLE1`` / ``DIGITS``):
     ``target`` (label the trigger should produce, default 2 as in DBA), ``poisoned_data_rate``
-    (share of each batch poisoned), ``scale`` (update scale factor), ``poison_lr``,
+    (share of the training samples poisoned, carried over batches: see the module docstring), ``scale`` (update scale factor), ``poison_lr``,
     ``poison_epochs``.
     """
 
