@@ -372,7 +372,8 @@ class RoundCapture:
 
     Rows follow ``client_ids`` (sorted).  ``w_clients``: K x classes x features, ``b_clients``:
     K x classes, ``w_prev`` / ``b_prev``: the global model's before the round, all float64 numpy.
-    ``record`` is the round's history record (attackers, flagged, the defense's diagnostics).
+    ``record`` is the round's history record (attackers, flagged, the defense's diagnostics);
+    ``data_source`` says where the data came from (as a run's ``meta["data_source"]``).
     """
 
     round_idx: int
@@ -384,6 +385,7 @@ class RoundCapture:
     w_clients: np.ndarray
     b_clients: np.ndarray
     record: dict
+    data_source: str
 
     @property
     def is_attacker(self) -> np.ndarray:
@@ -470,5 +472,6 @@ def capture_round(config, round_idx: int, *, ultimate_layer: Optional[Sequence[s
         round_idx=round_idx,
         attackers=tuple(int(c) for c in record["attackers"]),
         record=record,
+        data_source=task.source,
         **recorder.seen,
     )

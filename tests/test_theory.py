@@ -184,6 +184,7 @@ def test_capture_round_is_the_uninterrupted_runs_round():
     assert list(capture.client_ids) == plain["selected"] and list(capture.attackers) == plain["attackers"]
     assert capture.w_clients.shape == (4, 10, 64) and capture.b_clients.shape == (4, 10)
     assert capture.w_prev.shape == (10, 64) and len(capture.num_samples) == 4
+    assert "load_digits" in capture.data_source
     assert capture.is_attacker.tolist() == [c in plain["attackers"] for c in plain["selected"]]
     assert not np.allclose(capture.w_clients[0], capture.w_prev)  # local training moved the layer
     with pytest.raises(ValueError, match="round_idx"):
