@@ -9,7 +9,6 @@ training split, so every data source of one data set is treated alike.
 from __future__ import annotations
 
 import io
-import pickle
 import tarfile
 import tempfile
 from pathlib import Path
@@ -18,7 +17,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fedgrad_core.data.sources import DataUnavailable, from_source, obtain, read_idx
+from fedgrad_core.data.sources import (
+    DataUnavailable,
+    from_source,
+    obtain,
+    read_checked,
+    read_idx,
+    restricted_loads,
+)
 from fedgrad_core.data.task import Split, Task, normalize_images
 from fedgrad_core.registry import Registry
 
@@ -88,7 +94,9 @@ def _digits() -> tuple[dict, str]:
 # --------------------------------------------------------------------------- MNIST family
 
 
-def _idx_quad(folder: Path, prefix: str = "") -> dict[str, np.ndarray]:
+def _idx_quad(folder: Path, prefix: str = "", digests: str | None = None) -> dict[str, np.ndarray]:
+    """The four IDX files of an MNIST-like data set; with ``digests`` (a folder name in
+    ``sources.KNOWN_DIGESTS``, e.g. ``"mnist"``) each is checked against its known digest."""
     names = {
         "x_train": "train-images-idx3-ubyte",
         "y_train": "train-labels-idx1-ubyte",
@@ -101,7 +109,7 @@ def _idx_quad(folder: Path, prefix: str = "") -> dict[str, np.ndarray]:
         path = next((p for p in candidates if p.exists()), None)
         if path is None:
             raise FileNotFoundError(f"{candidates[0]} does not exist")
-        out[key] = read_idx(path)
+        out[key] = read_idx(path, f"{digests}/{stem}" if digests else None)
     out["y_train"] = out["y_train"].astype(np.int64)
     out["y_test"] = out["y_test"].astype(np.int64)
     return out
@@ -132,7 +140,7 @@ def _mnist() -> tuple[dict, str]:
     return obtain(
         "mnist",
         [
-            ("$FEDGRAD_DATA_SOURCE/mnist", lambda: _idx_quad(from_source("mnist"))),
+            ("$FEDGRAD_DATA_SOURCE/mnist", lambda: _idx_quad(from_source("mnist"), digests="mnist")),
             ("torchvision download", _torchvision("MNIST")),
         ],
         "  - set FEDGRAD_DATA_SOURCE to a folder holding mnist/{train,t10k}-*-ubyte.gz\n"
@@ -145,9 +153,9 @@ def _fashion_mnist() -> tuple[dict, str]:
     return obtain(
         "fashion_mnist",
         [
-            ("$FEDGRAD_DATA_SOURCE/fashion-mnist", lambda: _idx_quad(from_source("fashion-mnist"))),
+            ("$FEDGRAD_DATA_SOURCE/fashion-mnist", lambda: _idx_quad(from_source("fashion-mnist"), digests="fashion-mnist")),
             ("torchvision download", _torchvision("FashionMNIST")),
-            ("Debian dataset-fashion-mnist", lambda: _idx_quad(Path("/usr/share/datasets/fashion-mnist"))),
+            ("Debian dataset-fashion-mnist", lambda: _idx_quad(Path("/usr/share/datasets/fashion-mnist"), digests="fashion-mnist")),
         ],
         "  - apt-get install dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist)\n"
         "  - set FEDGRAD_DATA_SOURCE to a folder holding fashion-mnist/*-ubyte.gz\n"
@@ -156,6 +164,8 @@ def _fashion_mnist() -> tuple[dict, str]:
 
 
 def _emnist_from_source() -> dict[str, np.ndarray]:
+    # No per-file digest of EMNIST is known (torchvision checks one MD5 for the whole zip); the IDX
+    # files are parsed as raw bytes with a size check, which cannot run code.
     arrays = _idx_quad(from_source("emnist"), prefix="emnist-digits-")
     return _emnist_upright(arrays)
 
@@ -186,12 +196,16 @@ def _emnist() -> tuple[dict, str]:
 
 
 def _cifar_from_jpeg_tar() -> dict[str, np.ndarray]:
-    """The offline copy: a tar of train/<class>/*.jpg and test/<class>/*.jpg (lossy JPEG)."""
+    """The offline copy: a tar of train/<class>/*.jpg and test/<class>/*.jpg (lossy JPEG).
+
+    The archive is checked against its SHA-256 before it is opened and read in memory only
+    (members are never extracted to disk)."""
     from PIL import Image
 
     path = from_source("cifar10-jpeg.tar.gz")
+    data = read_checked(path, "cifar10-jpeg.tar.gz")
     parts: dict[str, list] = {"train": [], "test": []}
-    with tarfile.open(path, "r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         for member in tar:
             if not member.isfile() or not member.name.endswith(".jpg"):
                 continue
@@ -208,14 +222,21 @@ def _cifar_from_jpeg_tar() -> dict[str, np.ndarray]:
 
 
 def _cifar_from_batches() -> dict[str, np.ndarray]:
-    """The original python batches (cifar-10-batches-py/) in the source folder."""
+    """The original python batches (cifar-10-batches-py/) in the source folder.
+
+    Each batch is checked against torchvision's MD5 for it, then unpickled with
+    ``restricted_loads`` (numpy arrays and plain values only)."""
     folder = from_source("cifar-10-batches-py")
 
     def read(names):
         xs, ys = [], []
         for n in names:
-            with open(folder / n, "rb") as fh:
-                d = pickle.load(fh, encoding="latin1")
+            path = folder / n
+            if not path.exists():
+                raise FileNotFoundError(f"{path} does not exist")
+            d = restricted_loads(read_checked(path, f"cifar-10-batches-py/{n}"), encoding="latin1")
+            if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+                raise ValueError(f"{path} is not a CIFAR-10 python batch (no 'data' / 'labels')")
             xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             ys.append(np.asarray(d["labels"], dtype=np.int64))
         return np.concatenate(xs), np.concatenate(ys)

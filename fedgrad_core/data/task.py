@@ -87,7 +87,8 @@ class EdgeCaseSet:
     """Edge-case examples of Wang et al. (2020): tail inputs the attacker relabels to ``target``.
 
     ``train`` is what attackers may train on, ``test`` is held out to measure backdoor accuracy
-    (the share of ``test`` predicted as ``target``).  Both are normalised like the task.
+    (the share of ``test`` predicted as ``target``).  Both are normalised like the task.  No test
+    image is a near-duplicate of a training image (``removed_from_test`` says which were dropped).
     """
 
     name: str
@@ -95,3 +96,11 @@ class EdgeCaseSet:
     test: Tensor
     target: int
     description: str
+    #: Positions, in the test set as first built, of the test images dropped because they are
+    #: near-duplicates of a training image of the set (``edge_cases.NEAR_DUPLICATE_TOLERANCE``).
+    removed_from_test: tuple[int, ...] = ()
+
+    @property
+    def test_size_before(self) -> int:
+        """Size of the backdoor test set before near-duplicates were removed."""
+        return len(self.test) + len(self.removed_from_test)
