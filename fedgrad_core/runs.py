@@ -41,7 +41,7 @@ import logging
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from fedgrad_core.config import ExperimentConfig, validate
 from fedgrad_core.results import RunResult, atomic_write
@@ -189,6 +189,71 @@ def run_many(
     return [results[config_key(c)] for c in configs]
 
 
+#: Configuration fields copied onto every row of ``save_tidy``'s CSV.
+TIDY_CONFIG_COLUMNS = (
+    "dataset", "model", "defense", "attack", "num_clients", "clients_per_round", "rounds", "local_epochs",
+    "partition", "noniid", "attacker_fraction", "poisoned_data_rate",
+)
+
+
+def save_tidy(
+    runs: Mapping[str, Sequence[RunResult]],
+    out_dir: str | Path,
+    name: str,
+    *,
+    profile: str,
+    facets: Optional[Mapping[str, Mapping[str, Any]]] = None,
+) -> tuple[Path, Path]:
+    """Write an experiment's results as tidy files: ``<name>.csv`` and ``<name>.json`` in ``out_dir``.
+
+    The CSV has one row per (label, seed, round) with the history's scalar columns, the run's main
+    configuration fields (``TIDY_CONFIG_COLUMNS``, model resolved), ``profile``, ``data_source``,
+    ``hardware``, ``device`` and ``commit``, plus ``facets[label]`` (e.g. the varied parameter and
+    its value).  The JSON holds, per label, every run's full configuration and provenance, so each
+    number can be traced to the run behind it.  Both are written atomically.
+    """
+    import pandas as pd
+
+    from fedgrad_core.report import tidy
+
+    facets = facets or {}
+    frames = []
+    for label, results in runs.items():
+        for result in results:
+            frame = tidy({label: [result]})
+            c = result.config
+            values = {k: getattr(c, k) for k in TIDY_CONFIG_COLUMNS}
+            values["model"] = c.model_name
+            values["poisoned_data_rate"] = c.poisoned_data_rate if c.poisoned_data_rate is not None else float("nan")
+            values.update(
+                profile=profile, data_source=result.meta.get("data_source"), hardware=result.meta.get("hardware"),
+                device=result.meta.get("device"), commit=result.meta.get("git_commit"),
+            )
+            values.update(facets.get(label, {}))
+            frames.append(frame.assign(**values))
+    table = pd.concat(frames, ignore_index=True)
+    out = Path(out_dir)
+    csv_path, json_path = out / f"{name}.csv", out / f"{name}.json"
+    text = table.to_csv(index=False)
+    atomic_write(csv_path, lambda fh: fh.write(text.encode()))
+    record = {
+        "profile": profile,
+        "labels": {
+            label: {
+                "facets": dict(facets.get(label, {})),
+                "runs": [
+                    {"config": r.config.to_dict(), "cache_key": config_key(r.config), "meta": r.meta} for r in results
+                ],
+            }
+            for label, results in runs.items()
+        },
+    }
+    payload = json.dumps(record, indent=1, default=repr)
+    atomic_write(json_path, lambda fh: fh.write(payload.encode()))
+    log.info("results written to %s and %s", csv_path, json_path)
+    return csv_path, json_path
+
+
 def threads_per_worker(workers: int, cores: Optional[int] = None) -> int:
     """Torch threads for each of ``workers`` processes on ``cores`` cores (at least one)."""
     cores = cores or os.cpu_count() or 1
@@ -291,6 +356,6 @@ def _bar(total: int, initial: int, enabled: bool):
 
 
 __all__ = [
-    "EXECUTORS", "cache_path", "config_key", "load_cached", "pretrain_group", "run_cached", "run_many",
-    "runs_dir", "store", "threads_per_worker",
+    "EXECUTORS", "TIDY_CONFIG_COLUMNS", "cache_path", "config_key", "load_cached", "pretrain_group", "run_cached",
+    "run_many", "runs_dir", "save_tidy", "store", "threads_per_worker",
 ]

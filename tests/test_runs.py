@@ -157,3 +157,32 @@ def test_ray_executor_equals_sequential(tmp_path):
     want = runs.run_many(configs, executor="sequential", threads=1, cache_dir=tmp_path / "s", progress=False)
     assert [timeless(r.history) for r in got] == [timeless(r.history) for r in want]
     assert len(list((tmp_path / "r").glob("*.json"))) == 2
+
+
+def test_save_tidy_writes_rows_with_config_and_provenance(tmp_path):
+    history = [
+        {"round": 1, "main_acc": 0.5, "backdoor_acc": 0.25, "tpr": None, "fpr": 0.0, "aggregation_seconds": 0.1},
+        {"round": 2, "main_acc": 0.75, "backdoor_acc": 0.5, "tpr": 1.0, "fpr": 0.5, "aggregation_seconds": 0.2},
+    ]
+    meta = {"data_source": "scikit-learn load_digits", "hardware": "cpu x", "device": "cpu", "git_commit": "abc"}
+    runs_by_label = {
+        "fedavg": [RunResult(TINY, history, meta), RunResult(TINY.replace(seed=1), history[:1], meta)],
+        "fedgrad": [RunResult(TINY.replace(defense="fedgrad"), history, meta)],
+    }
+
+    csv_path, json_path = runs.save_tidy(
+        runs_by_label, tmp_path, "t", profile="smoke", facets={"fedgrad": {"variant": "full"}}
+    )
+
+    import pandas as pd
+
+    table = pd.read_csv(csv_path)
+    assert len(table) == 2 + 1 + 2
+    assert set(table.columns) >= {"label", "seed", "round", "dataset", "model", "profile", "data_source", "commit"}
+    assert table.loc[table.label == "fedavg", "seed"].tolist() == [0, 0, 1]
+    assert table["model"].unique().tolist() == ["digits_mlp"]
+    assert table.loc[table.label == "fedgrad", "variant"].tolist() == ["full", "full"]
+    record = json.loads(json_path.read_text())
+    assert record["profile"] == "smoke"
+    assert record["labels"]["fedavg"]["runs"][1]["config"]["seed"] == 1
+    assert record["labels"]["fedgrad"]["runs"][0]["cache_key"] == runs.config_key(TINY.replace(defense="fedgrad"))
