@@ -5,7 +5,9 @@
 
 Each data set is taken from the first source that works: an already prepared file, the folder
 given by --source (or $FEDGRAD_DATA_SOURCE), the original download (checksums verified), and for
-Fashion-MNIST Debian's dataset-fashion-mnist package.  See fedgrad_core/data/sources.py.
+Fashion-MNIST Debian's dataset-fashion-mnist package.  Every file read from a source folder is
+checked against the digest of its original first (a mismatch stops with the file, both digests
+and the fix), and pickles are read without running code.  See fedgrad_core/data/sources.py.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ def prepare_one(name: str) -> str:
 
     if name in ("southwest", "ardis"):
         arrays = edge_case_arrays(name)
-        return f"{name}: {len(arrays['train'])} train / {len(arrays['test'])} test edge-case images"
+        removed = len(arrays["test_removed"])
+        return (
+            f"{name}: {len(arrays['train'])} train / {len(arrays['test'])} test edge-case images "
+            f"({len(arrays['test']) + removed} test images less {removed} near-duplicates of training images)"
+        )
     arrays, source = prepare(name)
     return f"{name}: {len(arrays['y_train'])} train / {len(arrays['y_test'])} test, from {source}"
 
