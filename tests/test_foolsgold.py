@@ -1,5 +1,8 @@
 """FoolsGold: sybils with one objective get weight ~0, diverse clients weight 1."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +19,74 @@ def test_identical_sybils_get_zero_weight_and_diverse_clients_full_weight():
     w = foolsgold_weights(history)
     # Assert: honest alpha = 1 -> 0.99 -> logit + 0.5 > 1 -> 1; sybils alpha 0 -> 0
     assert w.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+#: Histories e0, e0 + e1, e1 + e2 (see the next test): cosines 1/sqrt(2) (0-1), 1/2 (1-2), 0 (0-2).
+HAND = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+_A = (1 - 2 ** -0.5) / (1 - 2 ** -0.5 / 2)  # client 0's and 1's alpha after rescaling, 0.45308
+PARDONED_WEIGHT = math.log(_A / (1 - _A)) + 0.5  # 0.31177
+
+
+def test_weights_strictly_between_zero_and_one_by_hand():
+    """Algorithm 1 of Fung et al. step by step on three histories.
+
+    v = max_j cs_ij = (0.7071, 0.7071, 0.5).  Pardoning: v_2 = 0.5 < v_1, so
+    cs_21 = 0.5 * 0.5 / 0.7071 = 0.35355 (cs_01 is not pardoned: v_0 = v_1).
+    alpha = 1 - max_j cs_ij = (0.29289, 0.29289, 0.64645); rescaled by the largest:
+    (0.45308, 0.45308, 1 -> 0.99).  Logit + 0.5: ln(0.45308 / 0.54692) + 0.5 = 0.31177 and
+    ln(99) + 0.5 = 5.0951 -> clipped to 1.
+    """
+    # Execute
+    w = foolsgold_weights(HAND)
+    # Assert
+    assert w.tolist() == pytest.approx([PARDONED_WEIGHT, PARDONED_WEIGHT, 1.0], abs=1e-12)
+    assert PARDONED_WEIGHT == pytest.approx(0.311774, abs=1e-6)
+    # without pardoning alpha would be (0.29289, 0.29289, 0.5) -> 0.58579 -> ln(1.41421) + 0.5
+    assert PARDONED_WEIGHT != pytest.approx(math.log(2 ** 0.5) + 0.5, abs=0.1)
+
+
+def test_kappa_scales_the_logit_and_the_cap_is_0_99():
+    # Execute
+    small = foolsgold_weights(HAND, kappa=0.1)
+    large = foolsgold_weights(HAND, kappa=2.0)
+    # Assert: kappa * (logit + 0.5); the rescaled maximum 1 becomes 0.99: 0.1 * (ln 99 + 0.5)
+    assert small.tolist() == pytest.approx(
+        [0.1 * PARDONED_WEIGHT, 0.1 * PARDONED_WEIGHT, 0.1 * (math.log(99.0) + 0.5)], abs=1e-12
+    )
+    assert small[2].item() == pytest.approx(0.509512, abs=1e-6)
+    assert large.tolist() == pytest.approx([2 * PARDONED_WEIGHT, 2 * PARDONED_WEIGHT, 1.0], abs=1e-12)
+
+
+def _paper_weights(history, kappa):
+    """Algorithm 1 of Fung et al. (2020) with explicit loops over client pairs (numpy)."""
+    h = history.numpy().astype(np.float64)
+    k = len(h)
+    unit = h / np.linalg.norm(h, axis=1, keepdims=True)
+    cs = unit @ unit.T
+    np.fill_diagonal(cs, 0.0)
+    v = cs.max(axis=1)
+    for i in range(k):
+        for j in range(k):
+            if i != j and v[i] < v[j]:
+                cs[i, j] *= v[i] / v[j]
+    alpha = np.clip(1.0 - cs.max(axis=1), 0.0, 1.0)
+    alpha = alpha / alpha.max()
+    alpha[alpha == 1.0] = 0.99
+    with np.errstate(divide="ignore"):
+        alpha = kappa * (np.log(alpha / (1.0 - alpha)) + 0.5)
+    return np.clip(alpha, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("kappa", [1.0, 0.3])
+def test_weights_match_the_papers_algorithm_on_a_mixed_round(kappa):
+    # Prepare: six random histories in 4 dimensions (this seed gives 4 of 6 weights in (0, 1))
+    history = torch.randn(6, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    # Execute
+    w = foolsgold_weights(history, kappa=kappa)
+    # Assert
+    expected = _paper_weights(history, kappa)
+    assert w.tolist() == pytest.approx(expected.tolist(), abs=1e-9)
+    assert ((expected > 0.01) & (expected < 0.99)).sum() >= 4  # the details matter on this input
 
 
 def test_near_identical_sybils_get_near_zero_weight_over_rounds():
@@ -49,20 +120,63 @@ def test_aggregate_is_the_weighted_average_of_the_trusted_updates():
         ClientUpdate(2, {"w": torch.tensor([1.0, 1.0, 9.0])}, 1),
         ClientUpdate(3, {"w": torch.tensor([1.0, 1.0, 9.0])}, 1),
     ]
-    result = make_defense("foolsgold").aggregate(global_state, updates, round_idx=0)
+    result = make_defense("foolsgold", clip_norm=None).aggregate(global_state, updates, round_idx=0)
+    clipped = make_defense("foolsgold").aggregate(global_state, updates, round_idx=0)
     # (1 * (2, 0, 0) + 3 * (0, 4, 0)) / 4 = (0.5, 3, 0)
     assert result.global_state["w"].tolist() == pytest.approx([1.5, 4.0, 1.0])
     assert result.flagged == frozenset({2, 3})
+    # clipped to norm 1: (1 * (1, 0, 0) + 3 * (0, 1, 0)) / 4 = (0.25, 0.75, 0)
+    assert clipped.global_state["w"].tolist() == pytest.approx([1.25, 1.75, 1.0])
+    assert clipped.flagged == frozenset({2, 3})
 
 
 def test_history_is_kept_per_client_id_across_rounds():
-    defense = make_defense("foolsgold")
+    # Prepare: client 7 sends (1, 0) then (0, 2); client 8 sends (0, 1) once (no clipping here)
+    defense = make_defense("foolsgold", clip_norm=None)
     g = {"w": torch.zeros(2)}
+    # Execute
     defense.aggregate(g, [ClientUpdate(7, {"w": torch.tensor([1.0, 0.0])}, 1),
                           ClientUpdate(8, {"w": torch.tensor([0.0, 1.0])}, 1)], 0)
     defense.aggregate(g, [ClientUpdate(7, {"w": torch.tensor([0.0, 2.0])}, 1)], 1)
+    # Assert
     assert defense.history[7].tolist() == [1.0, 2.0]
     assert defense.history[8].tolist() == [0.0, 1.0]
+
+
+def test_history_sums_the_updates_clipped_to_norm_one():
+    # Prepare: global model (1, 1); client 7 sends deltas (3, 4) (norm 5) then (0, 0.5) (norm 0.5)
+    defense = make_defense("foolsgold")  # clip_norm = 1, as the original code
+    g = {"w": torch.tensor([1.0, 1.0])}
+    # Execute
+    first = defense.aggregate(g, [ClientUpdate(7, {"w": torch.tensor([4.0, 5.0])}, 1)], 0)
+    defense.aggregate(g, [ClientUpdate(7, {"w": torch.tensor([1.0, 1.5])}, 1)], 1)
+    # Assert: (3, 4) / 5 + (0, 0.5) = (0.6, 1.3); a norm below 1 is left alone
+    assert defense.history[7].tolist() == pytest.approx([0.6, 1.3])
+    assert first.diagnostics["clip_scale"] == {"7": pytest.approx(0.2)}
+
+
+def test_the_round_average_uses_the_clipped_updates():
+    # Prepare: the three histories of the hand-checked weights test (weights a, a, 1 with
+    # a = 0.31177), sent as first-round updates of norms 0.5 * sqrt(1), 0.5 * sqrt(2) and
+    # 2 * sqrt(2) (only the last is clipped, to (0, 1, 1) / sqrt(2)); global model (1, 2, 3)
+    g = torch.tensor([1.0, 2.0, 3.0])
+    deltas = [torch.tensor([0.5, 0.0, 0.0]), torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.0, 2.0, 2.0])]
+    samples = [1, 2, 3]
+    updates = [ClientUpdate(i, {"w": g + d}, n) for i, (d, n) in enumerate(zip(deltas, samples))]
+    a = PARDONED_WEIGHT
+    # Execute
+    clipped = make_defense("foolsgold").aggregate({"w": g}, updates, 0)
+    plain = make_defense("foolsgold", clip_norm=None).aggregate({"w": g}, updates, 0)
+    # Assert: g + sum_i w_i n_i delta_i / sum_i w_i n_i with the clipped or the raw deltas
+    coeffs = torch.tensor([a * 1, a * 2, 1.0 * 3], dtype=torch.float64)
+    coeffs = coeffs / coeffs.sum()
+    last = deltas[2] / (8 ** 0.5)
+    expected_clipped = g + coeffs[0] * deltas[0] + coeffs[1] * deltas[1] + coeffs[2] * last
+    expected_plain = g + coeffs[0] * deltas[0] + coeffs[1] * deltas[1] + coeffs[2] * deltas[2]
+    assert clipped.global_state["w"].tolist() == pytest.approx(expected_clipped.tolist(), abs=1e-6)
+    assert plain.global_state["w"].tolist() == pytest.approx(expected_plain.tolist(), abs=1e-6)
+    assert clipped.diagnostics["weights"] == {"0": pytest.approx(a), "1": pytest.approx(a), "2": 1.0}
+    assert clipped.flagged == plain.flagged == frozenset()
 
 
 def test_ultimate_layer_features_keep_only_the_last_linear_layer():
@@ -77,7 +191,8 @@ def test_ultimate_layer_features_keep_only_the_last_linear_layer():
 
 
 @pytest.mark.parametrize("params", [{"kappa": 0.0}, {"kappa": -1.0}, {"features": "some"},
-                                    {"features": "ultimate"}])
+                                    {"features": "ultimate"}, {"clip_norm": 0.0},
+                                    {"clip_norm": -1.0}, {"clip_norm": float("nan")}])
 def test_invalid_parameters_raise(params):
     with pytest.raises(ValueError):
         make_defense("foolsgold", **params)

@@ -2,7 +2,13 @@
 Settings", RAID 2020).
 
 The server keeps, per client id, the sum of the client's updates ``Delta_i = w_i - g`` over the
-rounds it took part in.  Each round (Algorithm 1 of the paper):
+rounds it took part in, each update first clipped to L2 norm at most ``clip_norm`` = 1
+(``Delta_i * min(1, 1 / ||Delta_i||)``, over every float entry of the model).  The clipping is not
+in the paper's Algorithm 1; it is what the original FoolsGold code does (DistributedML/FoolsGold,
+``ML/code/ML_main.py``: "normalize delta" before ``summed_deltas += delta``) and what the FedGrad
+authors' code does (``fl_trainer.py``), and both aggregate the *clipped* updates of the round.  We
+follow them by default; ``clip_norm=None`` turns it off (the paper's text).  Each round
+(Algorithm 1 of the paper):
 
 1. ``cs_ij`` = cosine similarity of the histories of this round's clients i != j;
    ``v_i = max_j cs_ij`` (the diagonal counts as 0).
@@ -10,7 +16,7 @@ rounds it took part in.  Each round (Algorithm 1 of the paper):
 3. ``alpha_i = 1 - max_j cs_ij`` clipped to [0, 1], rescaled so that the largest is 1 (and a 1
    becomes 0.99).
 4. ``alpha_i = kappa * (ln(alpha_i / (1 - alpha_i)) + 0.5)`` clipped to [0, 1] (kappa = 1).
-5. ``g' = g + sum_i alpha_i n_i Delta_i / sum_i alpha_i n_i``.
+5. ``g' = g + sum_i alpha_i n_i Delta_i / sum_i alpha_i n_i`` over this round's (clipped) updates.
 
 Sybils pursuing one objective accumulate nearly parallel histories and get weights near 0; diverse
 honest clients get weights near 1.
@@ -24,6 +30,7 @@ zero has cosine similarity 0 to everyone.
 Deviations from the FedGrad authors' runs (one line each):
 
 - The weights also multiply the sample counts (theirs: ``np.average`` with the FoolsGold weights alone).
+- ``kappa`` (the paper's confidence, default 1) is a parameter; both codes fix it at 1.
 - No epsilon inside the pardoning and the logit (theirs added 1e-5 to both; the paper has none);
   pardoning is skipped where ``v_j <= 0`` (a division the paper never meets).
 - ``1 - cos < 1e-9`` counts as parallel (alpha 0), so that rounding cannot turn identical
@@ -53,6 +60,29 @@ from fedgrad_core.defenses.base import cosine_similarities, gram64, sorted_updat
 
 #: ``1 - cos`` below this counts as exactly parallel (float64 rounding of the Gram matrix).
 PARALLEL_TOL = 1e-9
+
+
+def _check_clip_norm(clip_norm: float | None) -> None:
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be > 0 (or None: no clipping), got {clip_norm}")
+
+
+def clip_rows_(rows: Tensor, clip_norm: float | None) -> Tensor:
+    """Scale each row of ``rows`` in place to L2 norm at most ``clip_norm``; returns the scales.
+
+    ``None`` leaves the rows as they are (scales 1).  Norms are summed in float64 row by row (no
+    float64 copy of the K x d matrix).
+    """
+    _check_clip_norm(clip_norm)
+    scales = torch.ones(rows.shape[0], dtype=torch.float64)
+    if clip_norm is None:
+        return scales
+    for i, row in enumerate(rows):
+        norm = float(torch.linalg.vector_norm(row, dtype=torch.float64))
+        if norm > clip_norm:
+            scales[i] = clip_norm / norm
+            row.mul_(scales[i].item())
+    return scales
 
 
 def foolsgold_weights(history: Tensor, *, kappa: float = 1.0) -> Tensor:
@@ -89,12 +119,15 @@ def foolsgold(
     *,
     kappa: float = 1.0,
     deltas: Tensor | None = None,
+    clip_norm: float | None = None,
 ) -> Aggregate:
     """Aggregate the round with FoolsGold's weights computed from ``history``.
 
     ``history`` is the K x d' matrix of summed updates of ``updates``' clients, rows in the order
     of ``updates`` (this round's update included).  ``deltas``, when given, is the K x d matrix of
-    this round's updates in the same order (saves flattening the states again).
+    this round's updates in the same order (saves flattening the states again); the average is
+    taken over them as given.  Without ``deltas`` the updates are formed from the states and
+    clipped to L2 norm ``clip_norm`` (None: not clipped).
     """
     if history.shape[0] != len(updates):
         raise ValueError(f"history has {history.shape[0]} rows for {len(updates)} updates")
@@ -102,6 +135,7 @@ def foolsgold(
     g = layout.flatten(global_state)
     if deltas is None:
         _, _, deltas = update_matrix(global_state, updates)
+        clip_rows_(deltas, clip_norm)
     order = sorted(range(len(updates)), key=lambda i: updates[i].client_id)
     updates = [updates[i] for i in order]
     history = history[order]
@@ -125,7 +159,12 @@ def foolsgold(
 
 @register("foolsgold")
 class FoolsGold(Defense):
-    """FoolsGold with its per-client history (summed updates keyed by client id)."""
+    """FoolsGold with its per-client history (summed clipped updates keyed by client id).
+
+    ``clip_norm`` (default 1, as the original code and the FedGrad authors' code): each round's
+    update is scaled to L2 norm at most ``clip_norm`` before it enters the history and the
+    average; ``None`` turns the clipping off.  The clip scales go to ``diagnostics["clip_scale"]``.
+    """
 
     name = "foolsgold"
 
@@ -134,10 +173,13 @@ class FoolsGold(Defense):
         *,
         kappa: float = 1.0,
         features: str = "all",
+        clip_norm: float | None = 1.0,
         model_factory: Callable[[], torch.nn.Module] | None = None,
     ) -> None:
         if not kappa > 0:
             raise ValueError(f"kappa (FoolsGold's confidence) must be > 0, got {kappa}")
+        _check_clip_norm(clip_norm)
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
         if features not in ("all", "ultimate"):
             raise ValueError(f"features must be 'all' or 'ultimate', got {features!r}")
         self.kappa = float(kappa)
@@ -154,6 +196,8 @@ class FoolsGold(Defense):
     def aggregate_finite(self, global_state, updates, round_idx) -> Aggregate:
         updates = sorted_updates(updates)
         layout, _, deltas = update_matrix(global_state, updates)
+        # clip the whole update (as the reference codes) before it enters history and average
+        scales = clip_rows_(deltas, self.clip_norm)
         if self.ultimate_keys is None:
             rows = deltas
         else:
@@ -170,4 +214,6 @@ class FoolsGold(Defense):
             else:
                 previous.add_(row)
         history = torch.stack([self.history[u.client_id] for u in updates])
-        return foolsgold(global_state, updates, history, kappa=self.kappa, deltas=deltas)
+        result = foolsgold(global_state, updates, history, kappa=self.kappa, deltas=deltas)
+        result.diagnostics["clip_scale"] = {str(u.client_id): float(s) for u, s in zip(updates, scales)}
+        return result
