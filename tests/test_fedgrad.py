@@ -26,7 +26,6 @@ from fedgrad_core.defenses.fedgrad import (
     by_class_vectors,
     soft_filter,
     soft_filter_threshold,
-    trust_scores,
 )
 from fedgrad_core.models import make_model, ultimate_layer
 
@@ -90,8 +89,11 @@ def synthetic_round(
         ([0.1, 0.2, 0.3, 0.9, 1.0], None, 0.3, [False, False, False, True, True]),
         # median 0.7 > zeta = 0.5: zeta caps the threshold, all three flagged
         ([0.6, 0.7, 0.8], None, 0.5, [True, True, True]),
-        # section 6.3, authors' form: min(0.35, 0.35 x 0.3) = 0.105
+        # section 6.3, "0.35 x eps1": 0.35 x min(0.5, 0.3) = 0.105
         ([0.1, 0.2, 0.3, 0.9, 1.0], 0.35, 0.105, [False, True, True, True, True]),
+        # median 0.7 > zeta: 0.35 x min(0.5, 0.7) = 0.175 (min(0.35, 0.35 x 0.7) would be 0.245)
+        ([0.2, 0.6, 0.7, 0.8, 0.9], 0.35, 0.175, [True, True, True, True, True]),
+        ([0.17, 0.2, 0.7, 0.8, 0.9], 0.35, 0.175, [False, True, True, True, True]),
         # all equal: nobody strictly above
         ([0.0, 0.0, 0.0, 0.0], None, 0.0, [False, False, False, False]),
     ],
@@ -173,18 +175,6 @@ def test_hard_filter_identical_attributes_flag_nobody():
 # --------------------------------------------------------------------------- trust score
 
 
-def test_trust_clears_a_client_flagged_once_after_many_clean_rounds():
-    # Prepare: [0.5] + 9 clean rounds + 1 flagged -> (0.5 + 9 + 0.25) / 11 = 0.886
-    once = [0.5] + [1.0] * 9 + [0.25]
-    mostly = [0.5] + [0.25] * 7 + [1.0] * 3  # (0.5 + 1.75 + 3) / 11 = 0.477
-    trust = trust_scores([once, mostly])
-    # Execute
-    final, cleared = clear_trusted(np.array([True, True]), trust, gamma=0.75)
-    # Assert
-    np.testing.assert_allclose(trust, [9.75 / 11, 5.25 / 11])
-    assert cleared.tolist() == [True, False] and final.tolist() == [False, True]
-
-
 def test_trust_fallback_to_s1_when_everything_is_cleared():
     suspicious = np.array([True, True, False])
     s1 = np.array([True, False, False])
@@ -194,7 +184,7 @@ def test_trust_fallback_to_s1_when_everything_is_cleared():
     assert not final.any() and cleared.tolist() == [True, True, False]
 
 
-def test_trust_never_clears_persistent_attackers_and_bookkeeping_matches():
+def test_trust_clears_neither_persistent_attackers_nor_benign_clients_flagged_from_the_start():
     # Prepare
     g = global_state()
     defense = FedGrad(switch_round=3, seed=0)
@@ -207,11 +197,10 @@ def test_trust_never_clears_persistent_attackers_and_bookkeeping_matches():
         for cid in range(10):
             assert d["trust"][str(cid)] == pytest.approx(float(np.mean(history[cid])))
             history[cid].append(0.25 if cid in d["suspicious"] else 1.0)
-        assert {7, 8, 9} <= set(d["suspicious"]), (r, d)
-        assert not {7, 8, 9} & set(d["cleared"])
         assert d["hard_active"] == (r >= 3)
-    # benign false positives of the soft filter are cleared once trusted
-    assert len(d["suspicious"]) < 7
+        # benign clients 1 and 3 sit above the soft filter's median from round 0: flagged in
+        # every round, their trust (0.5 + 0.25 r) / (r + 1) never reaches gamma (module docstring)
+        assert d["suspicious"] == [1, 3, 7, 8, 9] and d["cleared"] == [], (r, d)
 
 
 # --------------------------------------------------------------------------- the defense

@@ -10,15 +10,17 @@ The ultimate layer is the last fully connected layer, weight ``W`` (classes x fe
    above ``min(zeta, median)`` of the round's running means;
 2. **hard filter** (paper 4.3): turns every client's ultimate change into two by-class vectors
    (row sums of the weight change, and the bias change), L2-normalised; builds the two K x K
-   cosine-similarity matrices, min-max scales each column; keeps, for every ordered pair of client
+   cosine-similarity matrices, min-max scales each column (authors' code; the paper scales only
+   the soft filter's scores); keeps, for every ordered pair of client
    ids, the running mean over the rounds in which both took part; clusters the round's clients in
    two with KMeans on their rows of both accumulated matrices (length 2K); the cluster holding the
    client with the lowest Krum-style *closeness score* is benign, the other is ``S2``.  The history
    is accumulated from the first round; ``S2`` is used from ``switch_round`` on;
-3. **trust score** (paper 4.4): every client's history starts as ``[0.5]``; after each round
-   ``lambda1`` is appended when the client ended suspicious, ``lambda2`` otherwise; the trust is
-   the plain mean.  From ``switch_round`` on, suspicious clients with trust ``>= gamma`` are
-   cleared;
+3. **trust score** (paper 4.4): every client's history starts as ``[0.5]`` (authors' code; the
+   paper gives no starting value); after each round ``lambda1`` is appended when the client ended
+   suspicious, ``lambda2`` otherwise; the trust is the plain mean.  From ``switch_round`` on,
+   suspicious clients with trust ``>= gamma`` are cleared (authors' code; the paper says
+   "exceed", which would be ``>``);
 4. the rest of ``S = S1 u S2`` is dropped and the others' full models are averaged by sample
    count.  If every client is suspicious the previous global model is kept.
 
@@ -50,17 +52,33 @@ Paper versus the authors' code: what this module does, and why
   noise (0.19 / 0.02 versus 0.16 / 0.02); the paper's definition is kept as the default because it
   does not depend on how far the shared bias happens to be from zero.
 * **Closeness score** (``closeness=``).  ``"full"`` (default, paper and authors) measures squared
-  L2 distances between the full flattened models; ``"ultimate"`` uses the ultimate layer only
-  (cheaper for big models).  Distances are computed in one pass (Gram matrix of the clients'
-  changes ``w_i - w_global``, float32 products accumulated in float64 over column chunks), not
-  pair by pair.
-* **Threshold of the soft filter.**  ``min(zeta, median)`` as in paper and code, clients strictly
-  above it are flagged.  Since the running means are medians of min-max scaled values, ``S1``
-  holds about half of the round's clients every round: that is the authors' behaviour, kept on
-  purpose; the trust score is what removes the benign false positives.  For high attacker ratios
-  (paper 6.3, "0.35 x eps1") ``strict_factor=s`` gives ``min(s, s x median)`` as in the authors'
-  code (the paper's wording would be ``s x min(zeta, median)``; with running means in [0, 1] the
-  authors' form equals ``s x median``).
+  L2 distances between the full flattened models, over the model's *parameters* only, as the
+  authors do (they flatten ``model.parameters()``).  Float buffers such as BatchNorm's running
+  statistics are left out: they are not trained by gradient steps and their scale (a running
+  variance can be in the hundreds) would swamp the distances.  The parameters are the names of
+  ``model_factory().named_parameters()`` when the run supplies ``model_factory`` (the simulation
+  does); without it, every floating entry of the state except those whose last name component
+  is ``running_mean`` or ``running_var`` (torch's normalisation layers).  ``"ultimate"`` uses
+  the ultimate layer only (cheaper for big models).  Distances are computed in one pass (Gram
+  matrix of the clients' changes ``w_i - w_global``, float32 products accumulated in float64
+  over column chunks), not pair by pair.
+* **Threshold of the soft filter.**  ``eps1 = min(zeta, median)`` as in paper and code, clients
+  strictly above it are flagged.  Since the running means are medians of min-max scaled values,
+  ``S1`` holds about half of the round's clients every round: that is the authors' behaviour,
+  kept on purpose.  For high attacker ratios ``strict_factor=s`` gives the paper's stricter
+  threshold ``s x eps1`` (section 6.3: "0.35 x eps1" for 70% attackers).  The authors' public
+  code has no such option (its threshold is always ``min(zeta, median)``); this follows the
+  paper's words.
+* **What the trust score does and does not do.**  A client is cleared when its history mean
+  reaches ``gamma``.  With the defaults (``[0.5]`` start, ``lambda1 = 0.25``, ``lambda2 = 1``,
+  ``gamma = 0.75``) that takes ``b >= 2a + 1`` clean rounds for ``a`` flagged ones.  A client
+  flagged in every round it joins has trust ``(0.5 + 0.25 m) / (m + 1) <= 0.5`` and is never
+  cleared.  Because the soft filter's running means settle, the benign clients whose running
+  mean sits above the median in their first rounds tend to stay there: they are flagged from
+  their first round on, never reach ``gamma`` and stay excluded whenever they join.  The trust
+  score therefore does *not* remove those benign false positives; it clears only clients that
+  were mostly unflagged before (a client caught by an occasional ``S2`` or a passing soft score).
+  The authors' code behaves the same.
 * **Empty set after clearing** (``fallback=``).  When the trust score clears every suspicious
   client, the authors fall back to ``S1``; ``"s1"`` (default) does the same: it is the safety net
   against attackers that built up trust, at the price of false positives in rounds without
@@ -88,7 +106,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -190,16 +208,14 @@ def soft_filter_threshold(
 ) -> float:
     """The soft filter's adaptive threshold over the round's cumulative scores.
 
-    ``min(zeta, median)``; with ``strict_factor = s`` (paper 6.3, authors' code)
-    ``min(s, s x median)``.
+    ``eps1 = min(zeta, median)`` (paper 4.2); with ``strict_factor = s`` the stricter threshold of
+    paper 6.3, ``s x eps1`` (the paper's example: ``0.35 x eps1`` for 70% attackers).
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
         raise ValueError("soft_filter_threshold needs at least one score")
-    median = float(np.median(scores))
-    if strict_factor is None:
-        return min(float(zeta), median)
-    return min(float(strict_factor), float(strict_factor) * median)
+    eps1 = min(float(zeta), float(np.median(scores)))
+    return eps1 if strict_factor is None else float(strict_factor) * eps1
 
 
 def soft_filter(
@@ -239,12 +255,71 @@ def round_similarities(mu_w: np.ndarray, mu_b: np.ndarray) -> tuple[np.ndarray, 
     return column_min_max(cosine_matrix(mu_w)), column_min_max(cosine_matrix(mu_b))
 
 
+#: Last name component of the float buffers torch's normalisation layers keep (BatchNorm's running
+#: statistics): state-dict entries that are not parameters.
+NORM_BUFFER_NAMES = ("running_mean", "running_var")
+
+
+def parameter_keys(state: State, parameter_names: Optional[Sequence[str]] = None) -> list[str]:
+    """The floating entries of ``state`` that are model parameters, in state-dict order.
+
+    With ``parameter_names`` (the names of ``model.named_parameters()``) exactly those, and every
+    one must be in ``state``; without, every floating entry except the running statistics of
+    normalisation layers (last name component in ``NORM_BUFFER_NAMES``).
+    """
+    if parameter_names is not None:
+        missing = sorted(set(parameter_names) - set(state))
+        if missing:
+            raise ValueError(
+                f"the model's parameters {missing[:5]} are not in the global model's state: "
+                "model_factory builds a different model"
+            )
+        wanted = set(parameter_names)
+        keys = [n for n, t in state.items() if n in wanted and torch.is_floating_point(t)]
+    else:
+        keys = [
+            n for n, t in state.items()
+            if torch.is_floating_point(t) and n.rsplit(".", 1)[-1] not in NORM_BUFFER_NAMES
+        ]
+    if not keys:
+        raise ValueError("the model's state holds no floating-point parameter")
+    return keys
+
+
+def parameter_columns(layout: Layout, keys: Sequence[str]) -> list[slice]:
+    """The columns of ``layout``'s flat vector that hold ``keys``, merged into contiguous runs."""
+    wanted = set(keys)
+    runs: list[slice] = []
+    for name, start, stop in zip(layout.names, layout.offsets[:-1], layout.offsets[1:]):
+        if name not in wanted or stop == start:
+            continue
+        if runs and runs[-1].stop == start:
+            runs[-1] = slice(runs[-1].start, stop)
+        else:
+            runs.append(slice(start, stop))
+    return runs
+
+
 def pairwise_sq_distances(
-    rows: Tensor, *, center: Optional[Tensor] = None, chunk: int = GRAM_CHUNK
+    rows: Tensor,
+    *,
+    center: Optional[Tensor] = None,
+    columns: Optional[Sequence[slice]] = None,
+    chunk: int = GRAM_CHUNK,
 ) -> np.ndarray:
     """K x K squared L2 distances between the rows of a K x d matrix, from one float64 Gram
-    matrix of the rows centred on ``center`` (the global model), built over column chunks."""
-    return squared_distances(gram64(rows, center=center, chunk=chunk)).numpy()
+    matrix of the rows centred on ``center`` (the global model), built over column chunks.
+
+    ``columns`` (contiguous runs) restricts the distances to those columns; the Gram matrix is
+    summed run by run, so no K x d' copy of the selected columns is made.
+    """
+    if columns is None:
+        gram = gram64(rows, center=center, chunk=chunk)
+    else:
+        gram = torch.zeros((rows.shape[0], rows.shape[0]), dtype=torch.float64)
+        for cols in columns:
+            gram += gram64(rows[:, cols], center=None if center is None else center[cols], chunk=chunk)
+    return squared_distances(gram).numpy()
 
 
 def krum_scores(sq_dists: np.ndarray, num_neighbors: int) -> np.ndarray:
@@ -258,14 +333,19 @@ def closeness_neighbors(num_clients: int, num_attackers: int) -> int:
 
 
 def closeness_scores(
-    rows: Tensor, num_attackers: int, *, center: Optional[Tensor] = None
+    rows: Tensor,
+    num_attackers: int,
+    *,
+    center: Optional[Tensor] = None,
+    columns: Optional[Sequence[slice]] = None,
 ) -> np.ndarray:
     """Closeness scores (paper 4.3) of the K x d models: Krum's score with ``K - f - 2``
-    neighbours (clipped to at least 1); ``center`` as in ``pairwise_sq_distances``."""
+    neighbours (clipped to at least 1); ``center`` and ``columns`` as in
+    ``pairwise_sq_distances``."""
     k = rows.shape[0]
     if k < 2:
         raise ValueError("closeness scores need at least two clients")
-    dists = pairwise_sq_distances(rows, center=center)
+    dists = pairwise_sq_distances(rows, center=center, columns=columns)
     return krum_scores(dists, closeness_neighbors(k, num_attackers))
 
 
@@ -294,11 +374,6 @@ def hard_filter_split(
 
 
 # --------------------------------------------------------------------------- trust score
-
-
-def trust_scores(histories: Sequence[Sequence[float]]) -> np.ndarray:
-    """Plain mean of every client's history of instant trust scores."""
-    return np.array([float(np.mean(h)) if len(h) else math.nan for h in histories], dtype=np.float64)
 
 
 def clear_trusted(
@@ -367,6 +442,7 @@ class FedGrad(Defense):
         kmeans_n_init: int = 10,
         seed: int = 0,
         ultimate_layer: Optional[Sequence[str]] = None,
+        model_factory: Optional[Callable[[], torch.nn.Module]] = None,
     ) -> None:
         self.zeta = _check_real("zeta", zeta, 0.0, 1.0)
         self.gamma = _check_real("gamma", gamma, 0.0, 1.0)
@@ -412,6 +488,16 @@ class FedGrad(Defense):
                 )
             ultimate_layer = (ultimate_layer[0], ultimate_layer[1])
         self.ultimate_layer = ultimate_layer
+        # Names only (the factory itself need not be picklable): the closeness score's parameters.
+        self.parameter_names: Optional[tuple[str, ...]] = None
+        if model_factory is not None:
+            if not callable(model_factory):
+                raise ValueError("model_factory must be a zero-argument callable returning an nn.Module")
+            model = model_factory()
+            if not isinstance(model, torch.nn.Module):
+                raise ValueError(f"model_factory must return an nn.Module, got {type(model).__name__}")
+            self.parameter_names = tuple(name for name, _ in model.named_parameters())
+
 
         # History (plain Python / numpy: picklable with torch.save).
         self._soft: dict[int, list[float]] = {}  # id -> [running mean of scaled score, rounds]
@@ -529,8 +615,12 @@ class FedGrad(Defense):
                 if self.closeness == "full":
                     layout = Layout.of(global_state)
                     rows = stack_states(updates, layout)
+                    params = parameter_keys(global_state, self.parameter_names)
                     closeness = closeness_scores(
-                        rows, self.num_attackers(k), center=layout.flatten(global_state)
+                        rows,
+                        self.num_attackers(k),
+                        center=layout.flatten(global_state),
+                        columns=parameter_columns(layout, params),
                     )
                 else:
                     ultimate = torch.cat([(w_all - w_prev).reshape(k, -1), b_all - b_prev], dim=1)

@@ -1,0 +1,367 @@
+"""FedGrad through ``FedGrad.aggregate`` on tiny hand-made rounds: every number checkable by hand.
+
+The model is a 4-tensor state (``body``, then the ultimate layer ``fc`` with 3 classes x 2
+features) with dyadic values, so that sums and averages are exact in float32.
+
+Soft filter rounds: client ``i`` sends ``fc.weight = W_prev + c_i E`` (``E`` all 0.25, nothing
+else changes).  Then ``W_i - W* = (c_i - cbar) E`` and ``W* - W_prev = cbar E`` with ``cbar`` the
+sample-weighted mean of the ``c``: for ``cbar > 0`` the raw score is +1 above ``cbar`` and -1
+below, so the min-max scaled score is 1 ("high") or 0 ("low"), and the running means are plain
+fractions of high rounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedgrad_core.defenses import ClientUpdate
+from fedgrad_core.defenses.fedgrad import FedGrad, parameter_columns, parameter_keys
+from fedgrad_core.defenses.base import Layout
+
+HIGH, LOW = 3.0, 1.0
+
+
+def tiny_global(*, batchnorm: bool = False) -> dict[str, torch.Tensor]:
+    g = {
+        "body.weight": torch.tensor([[0.5, -0.25], [0.75, 1.0]]),
+        "body.bias": torch.tensor([0.25, -0.5]),
+    }
+    if batchnorm:
+        g.update({
+            "bn.weight": torch.tensor([1.0, 0.5]),
+            "bn.bias": torch.tensor([0.0, 0.25]),
+            "bn.running_mean": torch.tensor([0.5, -0.5]),
+            "bn.running_var": torch.tensor([1.0, 2.0]),
+            "bn.num_batches_tracked": torch.tensor(7),
+        })
+    g["fc.weight"] = torch.tensor([[0.5, -0.5], [0.25, 0.75], [-1.0, 0.5]])
+    g["fc.bias"] = torch.tensor([0.5, -0.25, 0.125])
+    return g
+
+
+G = tiny_global()
+E = torch.full((3, 2), 0.25)
+
+
+def client(cid: int, n: int = 1, g: dict | None = None, **changes: torch.Tensor) -> ClientUpdate:
+    """``g`` plus the given changes (keys with dots written as ``__``)."""
+    g = G if g is None else g
+    state = {k: v.clone() for k, v in g.items()}
+    for key, delta in changes.items():
+        name = key.replace("__", ".")
+        state[name] = state[name] + delta
+    return ClientUpdate(cid, state, n)
+
+
+def soft_client(cid: int, c: float, n: int = 1) -> ClientUpdate:
+    return client(cid, n, fc__weight=c * E)
+
+
+def soft_only(**params) -> FedGrad:
+    return FedGrad(use_hard=False, **params)
+
+
+# --------------------------------------------------------------------------- trust score
+
+H1, H2, L1, L2, L3, X = 10, 11, 20, 21, 22, 30
+
+
+def warm_up(defense: FedGrad) -> None:
+    """Rounds 0-3: H1, H2 always high; L1 always low; X high in round 0 only.
+
+    round 0: running means H 1, L1 0, X 1; median 1 -> threshold min(0.5, 1) = 0.5: S1 = H1 H2 X
+    round 1: X 1/2; means 0, 1/2, 1, 1 -> median 3/4, threshold 0.5: X (0.5) not strictly above
+    round 2: X 1/3, median 2/3; round 3: X 1/4, median 5/8: S1 = H1 H2 both times
+    X's trust history is then [0.5, 0.25, 1, 1, 1]: mean 3.75 / 5 = 0.75 exactly.
+    """
+    for r in range(4):
+        out = defense.aggregate(
+            G, [soft_client(H1, HIGH), soft_client(H2, HIGH), soft_client(L1, LOW),
+                soft_client(X, HIGH if r == 0 else LOW)], r)
+        assert out.diagnostics["s1"] == ([H1, H2, X] if r == 0 else [H1, H2]), r
+
+
+def round_four_with_attackers() -> list[ClientUpdate]:
+    """H1, H2, X high; L1 and two newcomers low.  Running means 1, 1, 0, 0, 0 and X's
+    (1 + 0 + 0 + 0 + 1) / 5 = 0.4; median 0.2 -> threshold 0.2: S1 = H1 H2 X."""
+    return [soft_client(H1, HIGH), soft_client(H2, HIGH), soft_client(L1, LOW),
+            soft_client(L2, LOW), soft_client(L3, LOW), soft_client(X, HIGH)]
+
+
+def test_a_client_whose_trust_equals_gamma_is_cleared_and_then_counted_clean():
+    # Prepare
+    defense = soft_only(switch_round=4, gamma=0.75)
+    warm_up(defense)
+    # Execute
+    out = defense.aggregate(G, round_four_with_attackers(), 4)
+    after = defense.aggregate(G, round_four_with_attackers(), 5)
+    # Assert: trust 0.75 >= gamma clears X; H1, H2 (trust (0.5 + 4 x 0.25) / 5 = 0.3) stay
+    d = out.diagnostics
+    assert d["s1"] == [H1, H2, X]
+    assert d["trust"][str(X)] == 0.75 and d["trust"][str(H1)] == pytest.approx(0.3)
+    assert d["cleared"] == [X] and d["suspicious"] == [H1, H2] and out.flagged == {H1, H2}
+    # the cleared client is averaged: L1, L2, L3, X with equal counts -> c = (1 + 1 + 1 + 3) / 4
+    torch.testing.assert_close(out.global_state["fc.weight"], G["fc.weight"] + 1.5 * E, rtol=0, atol=0)
+    # the entry appended for round 4 is the final decision (lambda2 = 1), not "suspicious"
+    assert after.diagnostics["trust"][str(X)] == pytest.approx((3.75 + 1.0) / 6)
+    assert defense.trust_of(X) == pytest.approx((3.75 + 1.0 + 1.0) / 7)
+
+
+def test_a_client_whose_trust_is_just_below_gamma_stays_suspicious():
+    # Prepare: the same rounds, gamma one float step above X's trust of 0.75
+    defense = soft_only(switch_round=4, gamma=float(np.nextafter(0.75, 1.0)))
+    warm_up(defense)
+    # Execute
+    out = defense.aggregate(G, round_four_with_attackers(), 4)
+    # Assert
+    assert out.diagnostics["cleared"] == [] and out.flagged == {H1, H2, X}
+    assert defense.trust_of(X) == pytest.approx((3.75 + 0.25) / 6)
+
+
+def test_trust_acts_only_from_switch_round():
+    # Prepare: the same rounds with the switch one round later
+    defense = soft_only(switch_round=5, gamma=0.75)
+    warm_up(defense)
+    # Execute
+    out = defense.aggregate(G, round_four_with_attackers(), 4)
+    # Assert
+    assert out.diagnostics["cleared"] == [] and out.flagged == {H1, H2, X}
+
+
+@pytest.mark.parametrize("fallback, flagged, cleared", [("s1", [X], []), ("none", [], [X])])
+def test_clearing_everybody_falls_back_to_s1(fallback, flagged, cleared):
+    # Prepare: round 4 without H1, H2: X is high among three low clients, running means
+    # 0, 0, 0, 0.4 -> threshold min(0.5, 0) = 0: S1 = {X}, and X's trust 0.75 clears it
+    defense = soft_only(switch_round=4, gamma=0.75, fallback=fallback)
+    warm_up(defense)
+    round4 = [soft_client(L1, LOW), soft_client(L2, LOW), soft_client(L3, LOW), soft_client(X, HIGH)]
+    # Execute
+    out = defense.aggregate(G, round4, 4)
+    # Assert
+    assert out.diagnostics["s1"] == [X]
+    assert out.diagnostics["suspicious"] == flagged and out.diagnostics["cleared"] == cleared
+
+
+def test_a_benign_client_flagged_in_its_first_round_stays_flagged():
+    """What the trust score does not do (module docstring): four benign clients; client 1 leads
+    the first round's update direction, then all four send the same model.  From round 1 on the
+    raw scores are all 0 (``W_i = W*``), so everybody's scaled score is 0: client 1's running mean
+    1 / (t + 1) stays above the median 0, it is flagged every round and its trust
+    (0.5 + 0.25 t) / (t + 1) never reaches gamma, long after switch_round."""
+    # Prepare
+    defense = soft_only(switch_round=2)
+    # Execute / Assert
+    for r in range(12):
+        out = defense.aggregate(
+            G, [soft_client(c, HIGH if (c == 1 and r == 0) else LOW) for c in range(4)], r)
+        assert out.flagged == {1} and out.diagnostics["cleared"] == [], r
+        assert out.diagnostics["soft_scores"]["1"] == pytest.approx(1 / (r + 1))
+        assert out.diagnostics["trust"]["1"] == pytest.approx((0.5 + 0.25 * r) / (r + 1))
+
+
+# --------------------------------------------------------------------------- soft filter, weights
+
+
+def test_sample_weights_in_w_star_decide_the_soft_scores():
+    # Prepare: c = 1, 3, 4.  Equal counts: cbar = 8/3, client 1 above it (high).  Counts 1, 1, 4:
+    # cbar = (1 + 3 + 16) / 6 = 10/3, client 1 below it (low)
+    equal = [soft_client(0, 1.0), soft_client(1, 3.0), soft_client(2, 4.0)]
+    unequal = [soft_client(0, 1.0, n=1), soft_client(1, 3.0, n=1), soft_client(2, 4.0, n=4)]
+    # Execute
+    a = soft_only(switch_round=9).aggregate(G, equal, 0).diagnostics
+    b = soft_only(switch_round=9).aggregate(G, unequal, 0).diagnostics
+    # Assert
+    assert a["soft_scores"] == {"0": 0.0, "1": 1.0, "2": 1.0}
+    assert b["soft_scores"] == {"0": 0.0, "1": 0.0, "2": 1.0}
+
+
+def test_final_average_weights_the_kept_clients_by_sample_count():
+    # Prepare: every tensor moves: client i is W_prev + c_i (all entries), c = 1, 3, 4 with
+    # counts 1, 3, 12: cbar = (1 + 9 + 48) / 16 = 3.625 -> scaled scores 0, 0, 1, threshold
+    # min(0.5, median 0) = 0 -> S1 = {2}; kept: clients 0 and 1, weights 1/4 and 3/4
+    def shifted(cid, c, n):
+        return ClientUpdate(cid, {k: v + 0.25 * c for k, v in G.items()}, n)
+
+    updates = [shifted(0, 1.0, 1), shifted(1, 3.0, 3), shifted(2, 4.0, 12)]
+    # Execute
+    out = soft_only(switch_round=9).aggregate(G, updates, 0)
+    # Assert: W_prev + 0.25 x (1 x 1 + 3 x 3) / 4 = W_prev + 0.625, exactly
+    assert out.flagged == {2}
+    for key, value in G.items():
+        assert torch.equal(out.global_state[key], value + 0.625), key
+
+
+# --------------------------------------------------------------------------- hard filter
+# Hard-filter rounds use the hard filter alone (S2 is the answer) from round 0, four clients.
+
+
+def hard_only(**params) -> FedGrad:
+    params.setdefault("num_attackers_estimate", 1)  # K - f - 2 = 1 neighbour for K = 4
+    return FedGrad(use_soft=False, use_trust=False, switch_round=0, **params)
+
+
+def by_class(*rows: tuple[float, float, float]) -> list[torch.Tensor]:
+    """Weight changes whose row sums (by-class vectors) are ``rows`` (second feature left 0)."""
+    return [torch.tensor([[r[0], 0.0], [r[1], 0.0], [r[2], 0.0]]) for r in rows]
+
+
+def test_the_bias_half_alone_changes_s2():
+    # Prepare: the same weight change for everybody (W_i - W* = 0: the weight half is 0), bias
+    # changes +e0, -e0, +e0, -e0: the bias half splits {0, 2} from {1, 3}; ultimate distances
+    # d(0, 2) = d(1, 3) = 0 -> all closeness scores 0, client 0 is the benign anchor
+    same = 0.5 * E
+    b = [torch.tensor([s * 0.5, 0.0, 0.0]) for s in (1, -1, 1, -1)]
+    updates = [client(i, fc__weight=same, fc__bias=b[i]) for i in range(4)]
+    # Execute
+    out = hard_only().aggregate(G, updates, 0)
+    # Assert
+    assert out.diagnostics["s2"] == [1, 3]
+    assert out.diagnostics["clusters"]["0"] == out.diagnostics["clusters"]["2"]
+
+
+@pytest.mark.parametrize("bias, s2", [("update", []), ("raw", [1, 3])])
+def test_bias_update_and_raw_differ(bias, s2):
+    # Prepare: weights unchanged (weight half 0); b_prev = (0.5, -0.25, 0.125); bias changes
+    # 0.25 x (1, 5, 1, 5) along class 0.  "update": the changes are parallel, every cosine is 1,
+    # every scaled column constant (0): identical attributes, no S2.  "raw": b_i = (0.75, -0.25,
+    # 0.125) for clients 0, 2 and (1.75, -0.25, 0.125) for 1, 3; their cosine x < 1 becomes 0
+    # after column min-max scaling (the diagonal 1 stays 1): {0, 2} vs {1, 3}; closeness ties at
+    # 0 (d(0, 2) = d(1, 3) = 0), client 0 is the anchor
+    changes = [torch.tensor([0.25 * c, 0.0, 0.0]) for c in (1, 5, 1, 5)]
+    updates = [client(i, fc__bias=changes[i]) for i in range(4)]
+    # Execute
+    out = hard_only(bias=bias).aggregate(G, updates, 0)
+    # Assert
+    assert out.diagnostics["s2"] == s2
+
+
+@pytest.mark.parametrize("gradient, s2", [("update", []), ("authors", [1, 3])])
+def test_gradient_update_and_authors_differ(gradient, s2):
+    # Prepare: by-class changes 0.25 x (1, 5, 1, 5) along class 0, biases unchanged.  "update"
+    # (W_i - W_prev): all parallel, identical attributes, no S2.  "authors" (W_i - W*, row sums
+    # 0.25 x (1, 5, 1, 5) - 0.75): -0.5, +0.5, -0.5, +0.5: {0, 2} vs {1, 3}; client 0 anchors
+    changes = by_class(*[(0.25 * c, 0.0, 0.0) for c in (1, 5, 1, 5)])
+    updates = [client(i, fc__weight=changes[i]) for i in range(4)]
+    # Execute
+    out = hard_only(gradient=gradient).aggregate(G, updates, 0)
+    # Assert
+    assert out.diagnostics["s2"] == s2
+
+
+def two_groups(g: dict[str, torch.Tensor], far: str, far_shift: tuple[float, float]) -> list[ClientUpdate]:
+    """Clients 0, 1: the same ultimate change (row sums (0.5, 0, 0)); clients 2, 3: row sums
+    (0, 0.5, 0) spread over different features.  Ultimate squared distances: d(0, 1) = 0,
+    d(2, 3) = 0.5, d(0, 2) = 0.0625 + 0.0625 + 0.25 = 0.375.  Clients 0 and 1 also move the
+    tensor ``far`` (all entries) by ``far_shift``; clients 2 and 3 do not."""
+    ult = [torch.tensor([[0.25, 0.25], [0.0, 0.0], [0.0, 0.0]])] * 2 + [
+        torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 0.0]]),
+        torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.0, 0.0]]),
+    ]
+    updates = []
+    for i in range(4):
+        changes = {"fc__weight": ult[i]}
+        if i < 2:
+            changes[far.replace(".", "__")] = torch.full_like(g[far], far_shift[i])
+        updates.append(client(i, g=g, **changes))
+    return updates
+
+
+@pytest.mark.parametrize(
+    "closeness, scores, s2",
+    [
+        # ultimate only: clients 0, 1 coincide (score 0), client 0 anchors -> S2 = {2, 3}
+        ("ultimate", {"0": 0.0, "1": 0.0, "2": 0.375, "3": 0.375}, [2, 3]),
+        # full: body.weight +4 / -4 on 4 entries: d(0, 1) = 4 x 64 = 256, d(0, 2) = 4 x 16 +
+        # 0.375; clients 2, 3 are nearest each other (0.5): client 2 anchors -> S2 = {0, 1}
+        ("full", {"0": 64.375, "1": 64.375, "2": 0.5, "3": 0.5}, [0, 1]),
+    ],
+)
+def test_closeness_full_and_ultimate_differ(closeness, scores, s2):
+    # Prepare
+    updates = two_groups(G, "body.weight", (4.0, -4.0))
+    # Execute
+    out = hard_only(closeness=closeness).aggregate(G, updates, 0)
+    # Assert
+    assert out.diagnostics["closeness"] == pytest.approx(scores)
+    assert out.diagnostics["s2"] == s2
+
+
+class TinyBN(nn.Module):
+    """The module whose state is ``tiny_global(batchnorm=True)`` (same keys, same order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(2, 2)
+        self.bn = nn.BatchNorm1d(2)
+        self.fc = nn.Linear(2, 3)
+
+
+@pytest.mark.parametrize("factory", [None, TinyBN], ids=["name-rule", "model_factory"])
+def test_full_closeness_ignores_batchnorm_statistics(factory):
+    # Prepare: clients 0 and 1 differ wildly in bn.running_var only (+256 and +512, the
+    # parameters as in the "ultimate" case above).  Counted, the buffer would make clients 2, 3
+    # the nearest pair and flag {0, 1}; over the parameters client 0 anchors and S2 = {2, 3}
+    g = tiny_global(batchnorm=True)
+    assert list(g) == list(TinyBN().state_dict())
+    updates = two_groups(g, "bn.running_var", (256.0, 512.0))
+    # Execute
+    out = hard_only(closeness="full", model_factory=factory).aggregate(g, updates, 0)
+    # Assert
+    assert out.diagnostics["closeness"] == pytest.approx({"0": 0.0, "1": 0.0, "2": 0.375, "3": 0.375})
+    assert out.diagnostics["s2"] == [2, 3]
+    # the kept clients' buffers are still averaged (equal counts): running_var + 384
+    assert torch.equal(out.global_state["bn.running_var"], g["bn.running_var"] + 384.0)
+    assert torch.equal(out.global_state["bn.num_batches_tracked"], g["bn.num_batches_tracked"])
+
+
+def test_parameter_keys_by_name_rule_and_by_model():
+    # Prepare: a float buffer that is not a normalisation statistic
+    g = tiny_global(batchnorm=True)
+    g["mask"] = torch.ones(2)
+    names = tuple(n for n, _ in TinyBN().named_parameters())
+    params = ["body.weight", "body.bias", "bn.weight", "bn.bias", "fc.weight", "fc.bias"]
+    # Execute / Assert
+    assert parameter_keys(g) == params + ["mask"]  # the name rule keeps "mask"
+    assert parameter_keys(g, names) == params
+    # columns: body.* and bn.weight/bias are 0-10, the running statistics 10-14, fc.* 14-23
+    layout = Layout.of(tiny_global(batchnorm=True))
+    assert parameter_columns(layout, params) == [slice(0, 10), slice(14, 23)]
+    with pytest.raises(ValueError, match="not in the global model"):
+        parameter_keys(G, names)
+    with pytest.raises(ValueError, match="model_factory"):
+        FedGrad(model_factory=lambda: "not a module")
+
+
+# --------------------------------------------------------------------------- pairwise history
+
+
+def test_pairwise_history_is_a_running_mean_over_shared_rounds():
+    # Prepare: by-class vectors (gradient="update", biases unchanged: the bias half is 0)
+    #   round 0, ids 0 1 2: (1,0,0) (0,1,0) (1,1,0) -> cosines [[1,0,r],[0,1,r],[r,r,1]],
+    #     r = 1/sqrt(2); column min-max: [[1,0,0],[0,1,0],[r,r,1]] (column 2 spans r..1)
+    #   round 1, ids 0 1 3: (1,0,0) (1,1,0) (0,1,0) -> [[1,r,0],[r,1,r],[0,r,1]];
+    #     scaled: [[1,0,0],[r,1,r],[0,0,1]] (column 1 spans r..1)
+    r = 1 / np.sqrt(2)
+    defense = FedGrad(use_soft=False, use_trust=False, switch_round=9, gradient="update")
+    rounds = [
+        [(0, (1, 0, 0)), (1, (0, 1, 0)), (2, (1, 1, 0))],
+        [(0, (1, 0, 0)), (1, (1, 1, 0)), (3, (0, 1, 0))],
+    ]
+    # Execute
+    for t, members in enumerate(rounds):
+        changes = by_class(*[tuple(0.25 * x for x in v) for _, v in members])
+        defense.aggregate(G, [client(cid, fc__weight=d) for (cid, _), d in zip(members, changes)], t)
+    # Assert: (i, j) is row i, column j; pairs that met twice hold the mean of two rounds
+    idx = np.ix_(*[[defense._pair_index[c] for c in range(4)]] * 2)
+    expected = np.array([
+        [1.0, 0.0, 0.0, 0.0],
+        [r / 2, 1.0, 0.0, r],  # (1, 0): (0 + r) / 2 over two rounds
+        [r, r, 1.0, 0.0],  # (2, 3) never met
+        [0.0, 0.0, 0.0, 1.0],
+    ])
+    np.testing.assert_allclose(defense._pair_w[idx], expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(defense._pair_n[idx], [[2, 2, 1, 1], [2, 2, 1, 1], [1, 1, 1, 0], [1, 1, 0, 1]])
+    np.testing.assert_array_equal(defense._pair_b[idx], np.zeros((4, 4)))
