@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm  # plain text bar: also readable in logs and executed notebooks
 
 from fedgrad_core.attacks import RoundContext, make_attack
+from fedgrad_core.checkpoint import Checkpoint, config_differences, load_checkpoint, save_checkpoint
 from fedgrad_core.config import ExperimentConfig, attack_params, defense_context, validate
 from fedgrad_core.data import load_task
 from fedgrad_core.data.partition import partition
@@ -110,13 +111,17 @@ def run_experiment(
     history: list[dict[str, Any]] = []
     start_round = 1
     if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["config"] != config.to_dict():
-            raise ValueError(f"checkpoint {ckpt} was written for a different configuration")
-        model.load_state_dict(state["global_state"])
-        defense, history = state["defense"], state["history"]
-        start_round = state["round"] + 1
-        log.info("resumed from %s after round %d", ckpt, state["round"])
+        saved = load_checkpoint(ckpt)  # weights_only: refuses anything that could run code
+        differences = config_differences(saved.config, config.to_dict())
+        if differences:
+            raise ValueError(
+                f"checkpoint {ckpt} was written for a different configuration ({'; '.join(differences)}); "
+                "resume with the same configuration or start afresh without resume"
+            )
+        model.load_state_dict(saved.global_state)
+        defense.load_state_dict(saved.defense_state)
+        history, start_round = saved.history, saved.round + 1
+        log.info("resumed from %s after round %d", ckpt, saved.round)
     elif config.pretrain_epochs:
         model.load_state_dict(pretrained_state(config, task, device))
 
@@ -132,11 +137,9 @@ def run_experiment(
         history.append(record)
         bar.set_postfix(main=_fmt(_latest(history, "main_acc")), backdoor=_fmt(_latest(history, "backdoor_acc")))
         if ckpt is not None and checkpoint_every and (round_idx % checkpoint_every == 0 or round_idx == last_round):
-            payload = {
-                "config": config.to_dict(), "round": round_idx, "history": history, "defense": defense,
-                "global_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            }
-            atomic_write(ckpt, lambda fh: torch.save(payload, fh))
+            save_checkpoint(
+                ckpt, Checkpoint(config.to_dict(), round_idx, model.state_dict(), history, defense.state_dict())
+            )
 
     result = RunResult(config, history, meta)
     if out is not None:

@@ -293,6 +293,83 @@ class Defense:
     def validate(self, clients_per_round: int) -> None:
         """Raise ValueError when the method cannot run with this many updates per round."""
 
+    # ------------------------------------------------------------------ state as data
+    # A defense's memory across rounds is saved as plain data, like torch.nn.Module.state_dict,
+    # so that a checkpoint loads with torch.load(..., weights_only=True) and never runs code.
+
+    #: Layout version of ``state_dict()``.  A stateful defense bumps its own whenever the layout
+    #: changes, so that a checkpoint written by another version is refused with a clear message.
+    state_version = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The defense's history across rounds, as tensors, numbers, strings, lists and dicts.
+
+        Stateless defenses (the default) return ``{}``.  A stateful one returns
+        ``self._versioned({...})``, which adds its name and ``state_version``.  The constructor's
+        parameters are not part of it: they come from the run's configuration.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict()`` returned (a stateless defense accepts only ``{}``).
+
+        Raises ValueError, naming the defense and both versions, for a state written for another
+        defense or by another version of this one.
+        """
+        if not isinstance(state, Mapping):
+            raise ValueError(f"defense {self.name!r}: a saved state must be a dict, got {type(state).__name__}")
+        if state:
+            self._check_state(state)
+            raise ValueError(f"defense {self.name!r} keeps no state, but the saved state holds {sorted(state)}")
+
+    def _versioned(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return {"defense": self.name, "version": self.state_version, **fields}
+
+    def _check_state(self, state: Mapping[str, Any], keys: Sequence[str] = ()) -> None:
+        """ValueError unless ``state`` was written by this defense at this ``state_version`` and
+        holds ``keys``."""
+        if not isinstance(state, Mapping) or not state:
+            found = "an empty state" if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                f"defense {self.name!r} (state format version {self.state_version}) cannot load "
+                f"{found}: was the checkpoint written for a stateless defense?"
+            )
+        name, version = state.get("defense"), state.get("version")
+        if name != self.name:
+            raise ValueError(
+                f"defense {self.name!r} (state format version {self.state_version}) cannot load a state "
+                f"written for defense {name!r} (format version {version})"
+            )
+        if version != self.state_version:
+            raise ValueError(
+                f"defense {self.name!r}: the saved state has format version {version}, this code "
+                f"reads version {self.state_version}; it was written by another version of "
+                "fedgrad_core: resume with that version or start the run afresh"
+            )
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"defense {self.name!r}: the saved state (version {version}) lacks {missing}")
+
+    def _state_tensor(
+        self, state: Mapping[str, Any], key: str, *, dtype: torch.dtype, shape: Sequence[int | None]
+    ) -> Tensor:
+        """``state[key]`` checked to be a tensor of ``dtype`` and ``shape`` (None: any size)."""
+        value = state[key]
+        ok = (
+            isinstance(value, Tensor)
+            and value.dtype == dtype
+            and value.dim() == len(shape)
+            and all(want is None or want == got for want, got in zip(shape, value.shape))
+        )
+        if not ok:
+            found = f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            wanted = tuple("*" if s is None else s for s in shape)
+            raise ValueError(
+                f"defense {self.name!r}: saved state entry {key!r} should be a {dtype} tensor of "
+                f"shape {wanted}, found a {found}"
+            )
+        return value.detach().cpu()
+
 
 def _copy_state(state: State) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}

@@ -498,8 +498,7 @@ class FedGrad(Defense):
                 raise ValueError(f"model_factory must return an nn.Module, got {type(model).__name__}")
             self.parameter_names = tuple(name for name, _ in model.named_parameters())
 
-
-        # History (plain Python / numpy: picklable with torch.save).
+        # History (plain Python / numpy; saved and restored as tensors by state_dict).
         self._soft: dict[int, list[float]] = {}  # id -> [running mean of scaled score, rounds]
         self._trust: dict[int, list[float]] = {}  # id -> [sum of instant scores, count]
         self._pair_index: dict[int, int] = {}  # client id -> row/column of the pair arrays
@@ -543,13 +542,6 @@ class FedGrad(Defense):
         """The client's current trust (0.5 for a client never seen)."""
         total, count = self._trust.get(client_id, (0.5, 1))
         return total / count
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        n = len(self._pair_index)  # drop the unused capacity
-        for attr in ("_pair_w", "_pair_b", "_pair_n"):
-            state[attr] = np.ascontiguousarray(state[attr][:n, :n])
-        return state
 
     # ------------------------------------------------------------------ the round
 
@@ -677,3 +669,58 @@ class FedGrad(Defense):
         if not keep.any():
             diagnostics["kept_previous_model"] = "every client was suspicious"
         return Aggregate(new_state, frozenset(members(final)), diagnostics)
+
+    # ------------------------------------------------------------------ state as data
+
+    state_version = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history as tensors: running soft scores and trust sums per client id (ascending),
+        and the pairwise running means over the client ids seen (row/column order = ``pair_ids``,
+        trimmed to the clients seen: the spare capacity is not saved)."""
+        soft = sorted(self._soft.items())
+        trust = sorted(self._trust.items())
+        pair_ids = sorted(self._pair_index, key=self._pair_index.__getitem__)
+        n = len(pair_ids)
+        return self._versioned({
+            "soft_ids": torch.tensor([c for c, _ in soft], dtype=torch.int64),
+            "soft_mean": torch.tensor([float(v[0]) for _, v in soft], dtype=torch.float64),
+            "soft_rounds": torch.tensor([int(v[1]) for _, v in soft], dtype=torch.int64),
+            "trust_ids": torch.tensor([c for c, _ in trust], dtype=torch.int64),
+            "trust_sum": torch.tensor([float(v[0]) for _, v in trust], dtype=torch.float64),
+            "trust_count": torch.tensor([int(v[1]) for _, v in trust], dtype=torch.int64),
+            "pair_ids": torch.tensor(pair_ids, dtype=torch.int64),
+            "pair_w": torch.from_numpy(np.array(self._pair_w[:n, :n], dtype=np.float32)),
+            "pair_b": torch.from_numpy(np.array(self._pair_b[:n, :n], dtype=np.float32)),
+            "pair_n": torch.from_numpy(np.array(self._pair_n[:n, :n], dtype=np.int32)),
+        })
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore ``state_dict()``'s history (ValueError for another defense or version)."""
+        keys = ("soft_ids", "soft_mean", "soft_rounds", "trust_ids", "trust_sum", "trust_count",
+                "pair_ids", "pair_w", "pair_b", "pair_n")
+        self._check_state(state, keys)
+        ns, nt, npair = (len(state[k]) if isinstance(state[k], Tensor) else -1
+                         for k in ("soft_ids", "trust_ids", "pair_ids"))
+        got = {k: self._state_tensor(state, k, dtype=dtype, shape=shape) for k, dtype, shape in (
+            ("soft_ids", torch.int64, (None,)), ("soft_mean", torch.float64, (ns,)),
+            ("soft_rounds", torch.int64, (ns,)), ("trust_ids", torch.int64, (None,)),
+            ("trust_sum", torch.float64, (nt,)), ("trust_count", torch.int64, (nt,)),
+            ("pair_ids", torch.int64, (None,)), ("pair_w", torch.float32, (npair, npair)),
+            ("pair_b", torch.float32, (npair, npair)), ("pair_n", torch.int32, (npair, npair)),
+        )}
+        pair_ids = got["pair_ids"].tolist()
+        if len(set(pair_ids)) != len(pair_ids):
+            raise ValueError(f"defense {self.name!r}: saved state entry 'pair_ids' repeats a client id")
+        self._soft = {
+            int(c): [float(m), int(r)]
+            for c, m, r in zip(got["soft_ids"].tolist(), got["soft_mean"].tolist(), got["soft_rounds"].tolist())
+        }
+        self._trust = {
+            int(c): [float(t), int(n)]
+            for c, t, n in zip(got["trust_ids"].tolist(), got["trust_sum"].tolist(), got["trust_count"].tolist())
+        }
+        self._pair_index = {int(c): i for i, c in enumerate(pair_ids)}
+        self._pair_w = got["pair_w"].numpy().copy()
+        self._pair_b = got["pair_b"].numpy().copy()
+        self._pair_n = got["pair_n"].numpy().copy()

@@ -217,3 +217,34 @@ class FoolsGold(Defense):
         result = foolsgold(global_state, updates, history, kappa=self.kappa, deltas=deltas)
         result.diagnostics["clip_scale"] = {str(u.client_id): float(s) for u, s in zip(updates, scales)}
         return result
+
+    # ------------------------------------------------------------------ state as data
+
+    state_version = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The summed updates as one matrix, rows in ascending client id (``client_ids``)."""
+        ids = sorted(self.history)
+        rows = torch.stack([self.history[c] for c in ids]) if ids else torch.zeros((0, 0))
+        return self._versioned({
+            "features": self.features,
+            "client_ids": torch.tensor(ids, dtype=torch.int64),
+            "history": rows.detach().cpu().clone(),
+        })
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore ``state_dict()``'s histories (ValueError for another defense, version or
+        ``features`` setting)."""
+        self._check_state(state, ("features", "client_ids", "history"))
+        if state["features"] != self.features:
+            raise ValueError(
+                f"defense {self.name!r}: the saved history is over features={state['features']!r}, "
+                f"this run uses features={self.features!r}"
+            )
+        ids = self._state_tensor(state, "client_ids", dtype=torch.int64, shape=(None,)).tolist()
+        history = state["history"]
+        dtype = history.dtype if isinstance(history, Tensor) and history.is_floating_point() else torch.float32
+        rows = self._state_tensor(state, "history", dtype=dtype, shape=(len(ids), None))
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"defense {self.name!r}: saved state entry 'client_ids' repeats a client id")
+        self.history = {int(c): row.clone() for c, row in zip(ids, rows)}
