@@ -61,3 +61,49 @@ def test_weiszfeld_on_a_gram_matrix_matches_the_direct_objective():
 def test_invalid_parameters_raise(params):
     with pytest.raises(ValueError):
         make_defense("rfa", **params)
+
+
+def test_smoothing_floor_when_a_client_sits_on_the_estimate():
+    """Points 0, 1, 3 with weights 2, 2, 1: the weighted mean, where Weiszfeld starts, is exactly
+    client 1 (distance 0), so only the floor eps keeps beta finite.  With eps = 0.1 and one
+    iteration: beta ~ (0.4 / 1, 0.4 / max(0.1, 0), 0.2 / 3 - 1) = (0.4, 4, 0.1), so
+    z = (0.4 * 0 + 4 * 1 + 0.1 * 3) / 4.5 = 1 - 0.2 * 0.1 / 0.45 = 0.955556.  The models sit at
+    the non-zero global model (5) plus those offsets (the median is shift-invariant).
+    """
+    # Prepare
+    updates = _updates([[5.0], [6.0], [8.0]], samples=[2, 2, 1])
+    global_state = {"w": torch.tensor([5.0])}
+    # Execute
+    one_step = rfa(global_state, updates, max_iter=1, eps=0.1)
+    default = rfa(global_state, updates)
+    # Assert
+    assert one_step.global_state["w"].item() == pytest.approx(5.0 + 1.0 - 0.02 / 0.45, abs=1e-6)
+    assert one_step.diagnostics["iterations"] == 1
+    assert one_step.diagnostics["weiszfeld_weights"] == {
+        "0": pytest.approx(0.4 / 4.5), "1": pytest.approx(4.0 / 4.5), "2": pytest.approx(0.1 / 4.5)
+    }
+    # the default floor 1e-5 moves z by 0.2 * 1e-5 / 0.4 = 5e-6 from the weighted median 6
+    assert default.global_state["w"].item() == pytest.approx(6.0, abs=1e-5)
+    assert torch.isfinite(default.global_state["w"]).all()
+
+
+def test_weiszfeld_stops_when_the_relative_decrease_is_below_ftol():
+    # Prepare: the same three points as offsets.  Iteration 1 moves z from 1 to
+    # 1 - 0.2 eps / (0.4 + 0.5 eps) ~ 1 - 5e-6 (objective up by 0.2 * 5e-6: relative 1.25e-6 >
+    # ftol); client 1 is still closer than eps, so iteration 2 barely moves z (relative change of
+    # the objective ~1e-11 < ftol = 1e-7) and the loop stops
+    x = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    alphas = torch.tensor([2.0, 2.0, 1.0], dtype=torch.float64)
+    # Execute
+    beta, iterations, objective = weiszfeld_weights(gram64(x), alphas)
+    z = float(beta @ x[:, 0])
+    # Assert: objective = 0.4 |z| + 0.4 |1 - z| + 0.2 |3 - z|
+    assert z == pytest.approx(1.0 - 0.2e-5 / 0.4, abs=1e-9)
+    assert objective == pytest.approx(0.4 * z + 0.4 * (1 - z) + 0.2 * (3 - z), rel=1e-12)
+    assert iterations == 2
+
+
+def test_defaults_are_the_authors_settings():
+    # at most 500 iterations, smoothing eps 1e-5, relative tolerance 1e-7 (module docstring)
+    defense = make_defense("rfa")
+    assert (defense.max_iter, defense.eps, defense.ftol) == (500, 1e-5, 1e-7)
