@@ -1,10 +1,13 @@
 """FLAME: HDBSCAN filter on cosine distances, clipping to the median norm, seeded noise."""
 
+import math
+
 import pytest
 import torch
 
 from fedgrad_core.defenses import ClientUpdate, make_defense
-from fedgrad_core.defenses.flame import flame, round_generator
+from fedgrad_core.defenses.base import cosine_similarities, gram64
+from fedgrad_core.defenses.flame import flame, majority_cluster, round_generator
 
 
 def _updates(rows, ids=None):
@@ -71,3 +74,58 @@ def test_single_client_is_admitted():
 def test_invalid_parameters_raise(params):
     with pytest.raises(ValueError):
         make_defense("flame", **params)
+
+
+def test_clusters_updates_not_models_and_takes_the_plain_mean():
+    """Non-zero global model g = (-3.5, 0), unequal sample counts.
+
+    Updates: benign (c, 0) for c = 1..6, attackers (0, 10) x 4: in update space the benign share
+    one direction and the attackers are flagged.  Clustering the *models* g + Delta instead would
+    split the benign into (-2.5..-0.5, 0) and (0.5..2.5, 0) (opposite directions) and put the
+    attackers' (-3.5, 10) with the first half: it would admit them (checked below).
+    Clip bound = median norm of all 10 updates = (5 + 6) / 2 = 5.5; the mean of the admitted
+    clipped updates is plain (FLAME's Algorithm 1, G = sum_l W_l / L):
+    (1 + 2 + 3 + 4 + 5 + 5.5) / 6 = 3.41667, where a sample-weighted mean with n = 1..6 would
+    give (1 + 4 + 9 + 16 + 25 + 6 * 5.5) / 21 = 4.19048.
+    """
+    # Prepare
+    g = torch.tensor([-3.5, 0.0])
+    rows = torch.tensor(BENIGN + ATTACK)
+    updates = [ClientUpdate(i, {"w": g + r}, n) for i, (r, n) in enumerate(zip(rows, [1, 2, 3, 4, 5, 6, 1, 1, 1, 1]))]
+    # Execute
+    result = flame({"w": g}, updates, noise_factor=0.0)
+    # Assert
+    assert result.flagged == frozenset({6, 7, 8, 9})
+    assert result.diagnostics["median_norm"] == pytest.approx(5.5)
+    assert result.global_state["w"].tolist() == pytest.approx([-3.5 + 20.5 / 6, 0.0], abs=1e-6)
+    # the input matters: on the models the attackers would be admitted
+    models = rows + g
+    on_models = majority_cluster((1.0 - cosine_similarities(gram64(models))).clamp(0.0, 2.0), list(range(10)))
+    assert {6, 7, 8, 9} <= set(on_models)
+
+
+def _ray(theta):
+    return [math.cos(theta), math.sin(theta)]
+
+
+def test_min_cluster_size_is_half_the_round_plus_one():
+    """K = 10: five benign updates within 0.04 rad, a sixth benign one at 0.4 rad, four attackers
+    at 1.5 rad.  With min_cluster_size = K // 2 + 1 = 6 the cluster must hold the sixth benign
+    client; with 5 (K // 2) it would be left out, with 7 the attackers would be admitted.
+    """
+    # Prepare
+    rows = [_ray(0.01 * i) for i in range(5)] + [_ray(0.4)] + [_ray(1.5 + 0.01 * i) for i in range(4)]
+    # Execute
+    result = flame({"w": torch.zeros(2)}, _updates(rows), noise_factor=0.0)
+    # Assert
+    assert result.diagnostics["admitted"] == [0, 1, 2, 3, 4, 5]
+    assert result.flagged == frozenset({6, 7, 8, 9})
+
+
+def test_single_client_is_the_no_cluster_fallback_and_is_clipped_to_its_own_norm():
+    # Prepare: K = 1, a non-zero global model
+    result = flame({"w": torch.tensor([1.0, 1.0])}, _updates([[4.0, 5.0]]), noise_factor=0.0)
+    # Assert: admitted through the fallback; the median norm is its own, so nothing is clipped
+    assert result.diagnostics["fallback"] == "no cluster"
+    assert result.diagnostics["median_norm"] == pytest.approx(5.0)
+    assert result.global_state["w"].tolist() == pytest.approx([4.0, 5.0])

@@ -5,8 +5,10 @@
    updates ``Delta_i = w_i - g``; the clients of the largest non-noise cluster are admitted.
 2. Clipping: ``S = median_i ||Delta_i||`` over ALL clients of the round; every admitted update is
    scaled by ``min(1, S / ||Delta_i||)``.
-3. Aggregation: ``g' = g + mean of the clipped admitted updates`` (FLAME's Algorithm 1: a plain
-   mean, not sample-weighted).
+3. Aggregation: ``g' = g + mean of the clipped admitted updates``: a plain mean, not
+   sample-weighted (FLAME's Algorithm 1 divides the sum of the L admitted clipped models by L; the
+   FedGrad authors' code takes ``np.average`` without weights).  Unequal sample counts therefore
+   do not move the aggregate (tested with n = 1..6).
 4. Noise: Gaussian with ``sigma = noise_factor * S`` (``noise_factor`` = FLAME's lambda, 0.001
    for image classification) on every float entry, drawn from a ``torch.Generator`` seeded from
    ``(seed, round_idx)``: deterministic and independent of the order of the clients.
@@ -21,7 +23,8 @@ A client whose update is exactly zero has cosine distance 1 to every other clien
 Deviations from the FedGrad authors' runs (one line each):
 
 - Cosine distances of updates w_i - g (FLAME's text: the directions of the model updates); the
-  authors used full models, whose shared global part pushes every cosine distance towards 0.
+  authors used full models, whose shared global part pushes every cosine distance towards 0 and
+  can regroup the clients (a test shows a round where clustering the models admits the attackers).
 - The admitted cluster is the largest non-noise cluster (the authors' code picks the label wrongly).
 - The noise comes from a generator seeded by (seed, round_idx), not from the global numpy RNG.
 """
