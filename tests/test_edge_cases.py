@@ -9,6 +9,7 @@ from fedgrad_core.attacks import make_attack
 from fedgrad_core.data import Split, Task, load_task
 from fedgrad_core.data.edge_cases import (
     NEAR_DUPLICATE_TOLERANCE,
+    TAIL_CLASSES,
     edge_case_arrays,
     load_edge_case,
     near_duplicates,
@@ -167,8 +168,9 @@ def test_tail_set_comes_from_the_training_split_only():
     edge, clean = load_edge_case(task)
 
     train_sevens = int((task.train.y == 7).sum())
-    assert edge.test_size_before + len(edge.train) == round(0.4 * train_sevens)
-    assert len(clean.train) == len(task.train) - round(0.4 * train_sevens)
+    assert TAIL_CLASSES["digits"] == (7, 1, 0.5) and train_sevens == 143
+    assert (len(edge.train), edge.test_size_before) == (48, 24)  # the least typical 72 = round(0.5 x 143)
+    assert len(clean.train) == len(task.train) - 72
     test_pool = task.test.x.flatten(1)
     for image in edge.test.flatten(1):  # no backdoor test image is a clean test image
         assert not (test_pool == image).all(dim=1).any()
