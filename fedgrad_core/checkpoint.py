@@ -151,7 +151,7 @@ def _to_cpu(value: Any) -> Any:
 
 
 def _reason(exc: Exception) -> str:
-    """The informative line of torch's refusal (it also suggests weights_only=False: not for us)."""
+    """The informative line of torch's refusal (whose advice to turn the safe load off we do not pass on)."""
     text = str(exc)
     marker = "WeightsUnpickler error:"
     if marker in text:

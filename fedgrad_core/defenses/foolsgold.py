@@ -242,9 +242,8 @@ class FoolsGold(Defense):
                 f"this run uses features={self.features!r}"
             )
         ids = self._state_tensor(state, "client_ids", dtype=torch.int64, shape=(None,)).tolist()
-        history = state["history"]
-        dtype = history.dtype if isinstance(history, Tensor) and history.is_floating_point() else torch.float32
-        rows = self._state_tensor(state, "history", dtype=dtype, shape=(len(ids), None))
+        # float32, as the update matrix the histories are summed from
+        rows = self._state_tensor(state, "history", dtype=torch.float32, shape=(len(ids), None))
         if len(set(ids)) != len(ids):
             raise ValueError(f"defense {self.name!r}: saved state entry 'client_ids' repeats a client id")
         self.history = {int(c): row.clone() for c, row in zip(ids, rows)}
