@@ -16,8 +16,10 @@ from fedgrad_core.data.task import Split
 from fedgrad_core.defenses import ClientUpdate, build_defense, make_defense
 from fedgrad_core.defenses.deepsight import (
     DeepSight,
+    bias_cosine_distances,
     cluster_vote,
     co_membership_distances,
+    hdbscan_labels,
     infer_input_shape,
     normalized_energy_updates,
     suspicious_labels,
@@ -131,12 +133,19 @@ def test_client_order_does_not_matter(relabel_round):
 def test_threshold_exceedings_by_hand():
     # Prepare: P = 6 -> factor max(0.01, 1/6) = 1/6; threshold 0.5 / 6 = 0.0833
     neups = torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.04, 0.01]], dtype=torch.float64)
-    # P = 200 -> factor 0.01; threshold 0.01 * 0.5 = 0.005 (strictly above counts)
+    # P = 200 -> factor 0.01; threshold 0.01 * 0.5 = 0.005 (strictly above counts).  float64
+    # throughout: 0.5 * float64(0.01) == float64(0.005) exactly, so the 0.005 entry sits on the
+    # threshold and ">" and ">=" differ
     many = torch.zeros(1, 200, dtype=torch.float64)
-    many[0, :4] = torch.tensor([0.5, 0.2, 0.006, 0.005])
+    many[0, :4] = torch.tensor([0.5, 0.2, 0.006, 0.005], dtype=torch.float64)
+    # P = 4 -> factor 1/4; threshold 0.5 / 4 = 0.125, exact in binary: two entries sit on it
+    four = torch.tensor([[0.5, 0.125, 0.125, 0.25]], dtype=torch.float64)
     # Execute / Assert
+    assert many[0, 3].item() == 0.01 * 0.5  # on the threshold, not below it
     assert threshold_exceedings(neups).tolist() == [3]
     assert threshold_exceedings(many).tolist() == [3]
+    assert threshold_exceedings(four).tolist() == [2]
+    assert threshold_exceedings(four[0]).tolist() == [2]  # one model as a vector
 
 
 def test_neups_by_hand():
@@ -287,3 +296,141 @@ def test_single_finite_update_is_aggregated():
     assert result.flagged == frozenset({1})
     for key in global_state:
         assert torch.allclose(result.global_state[key], good[key], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- hand-built rounds
+
+
+def _constant_output_state(bias):
+    """A digits MLP whose output ignores the input: last-layer weight 0, bias = logits."""
+    state = _copy(DIGITS().state_dict())
+    state["classifier.weight"] = torch.zeros_like(state["classifier.weight"])
+    state["classifier.bias"] = torch.as_tensor(bias, dtype=torch.float32)
+    return state
+
+
+def test_division_differences_are_local_over_global_probabilities():
+    # Prepare: the global model predicts 0.1 for every class on every input; the local one
+    # q = (0.3, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03) whatever the input
+    q = torch.tensor([0.3, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03], dtype=torch.float64)
+    global_model = DIGITS()
+    global_model.load_state_dict(_constant_output_state(torch.zeros(10)))
+    local = _constant_output_state(q.log().float())
+    # 7 noise inputs in batches of 3, 3 and 1, two seeds
+    defense = DeepSight(model_factory=DIGITS, num_noise_samples=7, noise_batch_size=3, num_seeds=2)
+    # Execute
+    ddifs = defense.division_differences(global_model.eval(), [local, local], (1, 8, 8))
+    # Assert: DDif_i = mean_s p_local(i | x_s) / p_global(i | x_s) = q_i / 0.1 (not 0.1 / q_i)
+    assert len(ddifs) == 2
+    for d in ddifs:
+        assert d.shape == (2, 10)
+        np.testing.assert_allclose(d[0], (q / 0.1).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(d[1], (q / 0.1).numpy(), rtol=1e-5)
+
+
+def test_bias_cosine_distances_by_hand():
+    # b0 = (1, 0), b1 = (1, 1), b2 = (0, -1), b3 = 0: cosines 1/sqrt(2), 0, -1/sqrt(2)
+    b = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -1.0], [0.0, 0.0]])
+    r = 2 ** -0.5
+    expected = [
+        [0.0, 1 - r, 1.0, 1.0],
+        [1 - r, 0.0, 1 + r, 1.0],
+        [1.0, 1 + r, 0.0, 1.0],
+        [1.0, 1.0, 1.0, 0.0],
+    ]
+    np.testing.assert_allclose(bias_cosine_distances(b), expected, atol=1e-12)
+    np.testing.assert_allclose(bias_cosine_distances(torch.zeros(2, 3)), [[0, 0], [0, 0]])
+
+
+def _output_layer_round():
+    """Six benign clients and four attackers that change only the output layer.
+
+    Benign i = 0..5: the same update direction spread over all ten output neurons (TE = 10), at
+    scales s_i = 0.01 * (i + 1), n_i = i + 1 samples.  Attackers 6..9: one neuron only (TE = 1),
+    large, bias update along another direction.  Median TE = 10 -> boundary 5 -> the attackers
+    are suspicious.  Update norms: s_i * |D| for the benign, far larger for the attackers.
+    """
+    global_state = _copy(DIGITS().state_dict())
+    gen = torch.Generator().manual_seed(11)
+    w_dir = torch.rand((10, 64), generator=gen) + 0.5
+    b_dir = torch.rand(10, generator=gen) + 0.5
+    updates = []
+    for i in range(6):
+        state = _copy(global_state)
+        s = 0.01 * (i + 1)
+        state["classifier.weight"] += s * w_dir
+        state["classifier.bias"] += s * b_dir
+        updates.append(ClientUpdate(i, state, i + 1))
+    for j in range(6, 10):
+        state = _copy(global_state)
+        state["classifier.weight"][1] += 0.5 + 0.01 * j
+        state["classifier.bias"][1] += 2.0
+        updates.append(ClientUpdate(j, state, 5))
+    unit_norm = float(torch.cat([w_dir.flatten(), b_dir]).norm())
+    return global_state, updates, w_dir, b_dir, unit_norm
+
+
+def test_clip_bound_is_the_median_over_all_updates_and_clusters_follow_the_settings():
+    # Prepare
+    global_state, updates, w_dir, b_dir, unit_norm = _output_layer_round()
+    defense = DeepSight(model_factory=DIGITS, num_noise_samples=200)
+    # Execute
+    result = defense.aggregate(global_state, updates, 1)
+    # Assert: attackers suspicious and rejected
+    diag = result.diagnostics
+    assert diag["threshold_exceedings"] == [10] * 6 + [1] * 4
+    assert diag["classification_boundary"] == 5.0
+    assert result.flagged == frozenset({6, 7, 8, 9})
+    # HDBSCAN with the library defaults: the benign share one bias direction, the four attackers
+    # another, but four are fewer than min_cluster_size = 5, so the hierarchy holds one cluster
+    # (all ten), which allow_single_cluster=False does not report: every model is noise and is
+    # judged by its own label (as in the FedGrad authors' runs with K = 10)
+    assert diag["clusters_cosine"] == [-1] * 10
+    assert diag["clusters"] == [-1] * 10
+    # clip bound = median of all ten norms = (0.05 + 0.06) / 2 * |D| (over the accepted six it
+    # would be (0.03 + 0.04) / 2 * |D|); only the benign at 0.06 is clipped, to 0.055
+    assert diag["clip_bound"] == pytest.approx(0.055 * unit_norm, rel=1e-5)
+    factor = sum(n * min(0.01 * n, 0.055) for n in range(1, 7)) / 21  # n_i = i + 1, s_i = 0.01 n_i
+    assert factor == pytest.approx(0.88 / 21)
+    expected_w = global_state["classifier.weight"] + factor * w_dir
+    expected_b = global_state["classifier.bias"] + factor * b_dir
+    torch.testing.assert_close(result.global_state["classifier.weight"], expected_w, rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.global_state["classifier.bias"], expected_b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.global_state["features.1.weight"], global_state["features.1.weight"])
+
+
+def test_hdbscan_settings_are_parameters():
+    # Prepare: the same round with min_cluster_size = 4
+    global_state, updates, *_ = _output_layer_round()
+    small = DeepSight(model_factory=DIGITS, num_noise_samples=200, min_cluster_size=4)
+    # Execute
+    result = small.aggregate(global_state, updates, 1)
+    # Assert: now the four attackers form a cluster of their own (still rejected: all suspicious)
+    for key in ("clusters_cosine", "clusters_neup", "clusters"):
+        assert result.diagnostics[key] == [0] * 6 + [1] * 4, key
+    assert result.flagged == frozenset({6, 7, 8, 9})
+
+
+def test_hdbscan_labels_defaults_are_the_library_defaults():
+    # Prepare: 6 points at 0 and 4 at 10 (one dimension)
+    rows = np.array([[0.0]] * 6 + [[10.0]] * 4)
+    # Execute / Assert: min_cluster_size 5 -> the four cannot form a cluster and the six alone
+    # are the root: no cluster is reported; with 4 (or with five at 10) there are two clusters
+    assert hdbscan_labels(rows, precomputed=False).tolist() == [-1] * 10
+    assert hdbscan_labels(rows, precomputed=False, min_cluster_size=4).tolist() == [0] * 6 + [1] * 4
+    five = np.array([[0.0]] * 6 + [[10.0]] * 5)
+    assert hdbscan_labels(five, precomputed=False).tolist() == [0] * 6 + [1] * 5
+    # allow_single_cluster lets the six form the one cluster
+    single = hdbscan_labels(rows, precomputed=False, allow_single_cluster=True)
+    assert single.tolist() == [0] * 6 + [-1] * 4
+
+
+def test_noise_inputs_default_to_uniform_on_0_1():
+    defense = DeepSight(model_factory=DIGITS)
+    x = defense._noise_batch(defense._noise_generator(0), 1000, (1, 8, 8))
+    assert defense.noise == "uniform"
+    assert x.min().item() >= 0.0 and x.max().item() < 1.0
+    assert x.mean().item() == pytest.approx(0.5, abs=0.01)
+    normal = DeepSight(model_factory=DIGITS, noise="normal")
+    y = normal._noise_batch(normal._noise_generator(0), 1000, (1, 8, 8))
+    assert y.min().item() < 0.0 and y.std().item() == pytest.approx(1.0, abs=0.02)

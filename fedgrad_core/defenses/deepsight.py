@@ -29,26 +29,34 @@ DeepSight inspects every local model of the round in three ways and combines two
   (accepted or not); every accepted update is scaled by ``min(1, bound / ||Δ||)`` and the
   clipped updates are averaged onto the previous global model.
 
-Follows the paper exactly: the NEUP and TE definitions (strict exceedance), the boundary
-``median(TE) / 2`` with ``TE <= boundary`` -> suspicious, DDifs as the mean probability ratio on
-noise for several seeds, the three feature families and the co-membership merge (DDif averaged
-over the seeds first, then the three averaged), the cluster vote with tau = 1/3 (reject when the
-suspicious share is >= tau), the median-norm clipping bound over all local updates.  The paper's
-full text could not be read while writing this (only its abstract was reachable); these parts
-are written from our knowledge of its Algorithms 1-2 and Equations, and they agree with two
-independent public reimplementations.  The defaults of 3 seeds and 20,000 noise inputs per seed
-come from the same sources and were not checked against the paper's text.
+Written from our reading of the paper's Algorithms 1-2 (its full text could not be reached while
+writing this: only the abstract); where we could, checked against three public implementations:
+the FedGrad authors' ``defense.py`` (judydnguyen/FedGrad_Backdoor_Attack), BackFed's
+``deepsight_server.py`` (thinh-dao/BackFed) and FLPoison's ``aggregators/deepsight.py``.  All three
+share our NEUPs, the boundary ``median(TE) / 2`` with ``TE <= boundary`` -> suspicious, DDifs as
+the mean probability ratio on noise per seed, the three feature families and the co-membership
+merge (DDifs averaged over the seeds first), tau = 1/3 and the clip bound = median norm of *all*
+the round's updates.  They differ among themselves in details we chose as follows:
 
-Our reading (the paper leaves these open or we chose on purpose):
-
-* Noise distribution: standard normal inputs (``noise="normal"``; ``"uniform"`` gives U[0, 1)).
-  The project's inputs are normalised to mean 0 / std 1, so N(0, 1) matches their scale.  Noise
-  for seed s is drawn from a ``torch.Generator`` seeded from ``(seed, s)``, fixed across rounds.
-* HDBSCAN (scikit-learn's) with ``min_cluster_size=2``, ``min_samples=1`` and
-  ``allow_single_cluster=True`` for every clustering: small clusters of colluding models must be
-  found, and a round of similar models may form one cluster.
+* Threshold exceedings are strict (``>``), as the FedGrad authors and FLPoison (BackFed: ``>=``).
+* HDBSCAN settings (``min_cluster_size=5``, ``min_samples=None`` -> equal to min_cluster_size,
+  ``allow_single_cluster=False``, for every clustering): the library defaults, which the FedGrad
+  authors and BackFed use everywhere (FLPoison: ``min_samples=3``, and a single cluster allowed in
+  the final clustering).  With K = 10 clients this means up to 4 colluding models never form a
+  cluster of their own: they are noise points and are judged one by one (next point).  All
+  three are parameters (``min_cluster_size``, ``min_samples``, ``allow_single_cluster``).  The
+  sizes are capped at the round's size (``min(min_cluster_size, K)``, ``min(min_samples, K - 1)``).
+* A noise point of the final clustering is its own cluster, so it is accepted exactly when it is
+  not suspicious itself (the FedGrad authors and BackFed; FLPoison rejects every noise point).
+* Noise inputs U[0, 1) (``noise="uniform"``), as all three (BackFed and FLPoison ``torch.rand``;
+  the FedGrad authors torchvision's ``FakeData`` turned to [0, 1] by ``ToTensor``), although
+  the project's inputs are normalised to mean 0 / std 1; ``noise="normal"`` gives N(0, 1).
+  Noise for seed s is drawn from a ``torch.Generator`` seeded from ``(seed, s)``, fixed across
+  rounds, the same for every model of the round.
+* 3 seeds, as all three.
 * The average of the accepted, clipped updates is weighted by sample count (FedAvg) by default
-  (``sample_weighted=True``); the paper averages them uniformly (``sample_weighted=False``).
+  (``sample_weighted=True``), as the FedGrad authors; the paper and BackFed average them
+  uniformly (``sample_weighted=False``).
 * Clipping norms are taken over the model's parameters only (``named_parameters``); float
   buffers (BatchNorm running statistics) are averaged unclipped.
 * When every cluster is rejected the previous global model is kept.
@@ -147,9 +155,18 @@ def bias_cosine_distances(bias_delta: Tensor) -> np.ndarray:
 
 
 def hdbscan_labels(
-    data: np.ndarray, *, precomputed: bool, min_cluster_size: int, min_samples: int
+    data: np.ndarray,
+    *,
+    precomputed: bool,
+    min_cluster_size: int = 5,
+    min_samples: Optional[int] = None,
+    allow_single_cluster: bool = False,
 ) -> np.ndarray:
-    """HDBSCAN cluster labels (-1 = noise) of K feature rows or a K x K distance matrix."""
+    """HDBSCAN cluster labels (-1 = noise) of K feature rows or a K x K distance matrix.
+
+    ``min_samples=None`` means ``min_cluster_size`` (the library default); both are capped at the
+    number of rows (``K`` and ``K - 1``) so that small rounds still run.
+    """
     data = np.asarray(data, dtype=np.float64)
     n = data.shape[0]
     if n == 1:
@@ -159,9 +176,9 @@ def hdbscan_labels(
         np.fill_diagonal(data, 0.0)
     clusterer = HDBSCAN(
         min_cluster_size=min(min_cluster_size, n),
-        min_samples=min(min_samples, n - 1),
+        min_samples=min(min_cluster_size if min_samples is None else min_samples, n - 1),
         metric="precomputed" if precomputed else "euclidean",
-        allow_single_cluster=True,
+        allow_single_cluster=allow_single_cluster,
         copy=True,
     )
     return clusterer.fit_predict(data).astype(np.int64)
@@ -259,10 +276,11 @@ class DeepSight(Defense):
         num_seeds: int = 3,
         num_noise_samples: int = 20_000,
         noise_batch_size: int = 2_000,
-        noise: str = "normal",
+        noise: str = "uniform",
         input_shape: Optional[Sequence[int]] = None,
-        min_cluster_size: int = 2,
-        min_samples: int = 1,
+        min_cluster_size: int = 5,
+        min_samples: Optional[int] = None,
+        allow_single_cluster: bool = False,
         sample_weighted: bool = True,
     ):
         if model_factory is None:
@@ -278,8 +296,11 @@ class DeepSight(Defense):
             raise ValueError("num_seeds, num_noise_samples and noise_batch_size must be >= 1")
         if noise not in ("normal", "uniform"):
             raise ValueError(f"noise must be 'normal' or 'uniform', got {noise!r}")
-        if min_cluster_size < 2 or min_samples < 1:
-            raise ValueError("HDBSCAN needs min_cluster_size >= 2 and min_samples >= 1")
+        if min_cluster_size < 2 or (min_samples is not None and min_samples < 1):
+            raise ValueError(
+                f"HDBSCAN needs min_cluster_size >= 2 and min_samples >= 1 (or None), got "
+                f"{min_cluster_size} and {min_samples}"
+            )
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.model_factory = model_factory
@@ -292,7 +313,8 @@ class DeepSight(Defense):
         self.noise = noise
         self.input_shape = None if input_shape is None else tuple(int(v) for v in input_shape)
         self.min_cluster_size = int(min_cluster_size)
-        self.min_samples = int(min_samples)
+        self.min_samples = None if min_samples is None else int(min_samples)
+        self.allow_single_cluster = bool(allow_single_cluster)
         self.sample_weighted = bool(sample_weighted)
 
     def validate(self, clients_per_round: int) -> None:
@@ -355,6 +377,7 @@ class DeepSight(Defense):
             precomputed=precomputed,
             min_cluster_size=self.min_cluster_size,
             min_samples=self.min_samples,
+            allow_single_cluster=self.allow_single_cluster,
         )
 
     # ----------------------------------------------------------------------- the rule
