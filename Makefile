@@ -31,7 +31,8 @@ test-fast: $(STAMP)
 book: $(STAMP)
 	$(BIN)/python -m ipykernel install --sys-prefix --name fedgrad --display-name "fedgrad (.venv)" > /dev/null
 	$(BIN)/python book/run_notebooks.py --profile $(PROFILE)
-	$(BIN)/jupyter-book build book
+	$(BIN)/python book/execution_table.py
+	$(BIN)/jupyter-book build -W --keep-going book
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
