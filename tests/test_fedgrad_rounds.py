@@ -365,3 +365,39 @@ def test_pairwise_history_is_a_running_mean_over_shared_rounds():
     np.testing.assert_allclose(defense._pair_w[idx], expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(defense._pair_n[idx], [[2, 2, 1, 1], [2, 2, 1, 1], [1, 1, 1, 0], [1, 1, 0, 1]])
     np.testing.assert_array_equal(defense._pair_b[idx], np.zeros((4, 4)))
+
+
+@pytest.mark.parametrize("counts, s2", [((1, 1, 1, 1), [2, 3]), ((1, 1, 1, 9), [3])])
+def test_sample_weights_in_w_star_decide_the_hard_split(counts, s2):
+    # Prepare: by-class changes 0.25 x (1, 2, 4, 5) along class 0 ("authors": minus W*'s row
+    # sum 0.25 x cbar).  Equal counts: cbar = 3, signs - - + +.  Counts 1, 1, 1, 9: cbar = 52/12,
+    # signs - - - +.  Closeness: neighbours differ by 0.25 in one entry, all scores 0.0625, client
+    # 0 anchors
+    changes = by_class(*[(0.25 * c, 0.0, 0.0) for c in (1, 2, 4, 5)])
+    updates = [client(i, counts[i], fc__weight=changes[i]) for i in range(4)]
+    # Execute
+    out = hard_only(gradient="authors").aggregate(G, updates, 0)
+    # Assert
+    assert out.diagnostics["s2"] == s2
+
+
+def test_the_fallback_restores_s1_only_not_s2():
+    """Rounds 0, 1: identical weights (raw soft scores 0: S1 empty), so every client's trust is
+    (0.5 + 1 + 1) / 3 = 0.83 in round 2.  The weight changes are along D = [[1, -1], 0, 0], whose
+    row sums are 0: the hard filter sees the biases only, +e0 for clients 0-2, -e0 for client 3,
+    the same every round: S2 = {3} (closeness: clients 0, 2 coincide, client 0 anchors).  Round
+    2: client 1 is high along D (running means 0, 1/3, 0, 0, threshold 0): S1 = {1}.  Trust clears
+    {1, 3}; the fallback restores S1 = {1}, and client 3 stays cleared."""
+    # Prepare
+    D = torch.tensor([[0.25, -0.25], [0.0, 0.0], [0.0, 0.0]])
+    bias = [torch.tensor([s * 0.5, 0.0, 0.0]) for s in (1, 1, 1, -1)]
+    defense = FedGrad(switch_round=2, num_attackers_estimate=1)
+    # Execute
+    for r in range(3):
+        c = [1.0, 3.0 if r == 2 else 1.0, 1.0, 1.0]
+        out = defense.aggregate(G, [client(i, fc__weight=c[i] * D, fc__bias=bias[i]) for i in range(4)], r)
+    # Assert
+    d = out.diagnostics
+    assert d["s1"] == [1] and d["s2"] == [3]
+    assert d["trust"] == pytest.approx({str(i): 2.5 / 3 for i in range(4)})
+    assert d["suspicious"] == [1] and d["cleared"] == [3]
