@@ -1,10 +1,15 @@
 """Execute every notebook in notebooks/ with papermill on one profile; outputs go into book/.
 
-    python book/run_notebooks.py --profile smoke [--only quickstart]
+    python book/run_notebooks.py --profile smoke [--only quickstart table2_edge_case]
 
 A profile (notebooks/profiles.json) gives the values of each notebook's ``parameters`` cell; the
 notebook turns them into an ``ExperimentConfig``.  The executed copies land in
 book/experiments/, which the book renders as they are (the book does not execute them again).
+The cell papermill injects with those values is collapsed in the book (``hide-input``), like the
+parameters cell itself.  Finished runs are cached (``fedgrad_core.runs``, under
+``$FEDGRAD_CACHE/runs``), so a second build, and a notebook that shares runs with another (Figure 6
+with Table 2), reuses them.  The wall time of every notebook and of the whole build is printed and
+written to book/experiments/timings.json.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     EXECUTED.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    build_started = time.perf_counter()
     for source in sorted(NOTEBOOKS.glob("*.ipynb")):
         if args.only and source.stem not in args.only:
             continue
@@ -45,8 +52,28 @@ def main(argv: list[str] | None = None) -> int:
         papermill.execute_notebook(
             str(source), str(target), parameters=params, kernel_name=args.kernel, cwd=str(ROOT), progress_bar=False,
         )
-        print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+        collapse_injected_parameters(target)
+        timings[source.stem] = round(time.perf_counter() - started, 1)
+        print(f"  done in {timings[source.stem]:.0f} s", flush=True)
+    total = time.perf_counter() - build_started
+    print(f"all notebooks ({args.profile}) in {total:.0f} s", flush=True)
+    (EXECUTED / "timings.json").write_text(
+        json.dumps({"profile": args.profile, "seconds": timings, "total_seconds": round(total, 1)}, indent=1) + "\n"
+    )
     return 0
+
+
+def collapse_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected-parameters cell ``hide-input``: the book shows it collapsed."""
+    notebook = json.loads(path.read_text())
+    changed = False
+    for cell in notebook["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            cell["metadata"]["tags"] = [*tags, "hide-input"]
+            changed = True
+    if changed:
+        path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":
