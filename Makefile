@@ -11,7 +11,7 @@ export FEDGRAD_DATA_ROOT ?= $(CURDIR)/data
 export FEDGRAD_CACHE ?= $(CURDIR)/cache
 PROFILE ?= smoke
 
-.PHONY: install test test-fast book bench clean
+.PHONY: install test test-fast book bench clean mutants
 
 install: $(STAMP)
 
@@ -33,6 +33,18 @@ book: $(STAMP)
 	$(BIN)/python book/run_notebooks.py --profile $(PROFILE)
 	$(BIN)/python book/execution_table.py
 	$(BIN)/jupyter-book build -W --keep-going book
+
+# Mutation testing of fedgrad_core/defenses/ with the fast unit tests ([tool.mutmut] in pyproject.toml).
+# MUTANTS narrows the run to mutant names, e.g. MUTANTS='fedgrad_core.defenses.rfa*'; results
+# are cached in mutants/ (rerun to continue), `$(BIN)/mutmut browse` shows the survivors.
+MUTANTS ?=
+MUTANT_JOBS ?= 2
+mutants: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/mutmut run --max-children $(MUTANT_JOBS) $(MUTANTS)
+	$(BIN)/mutmut results
+	@echo "mutants by status (killed / survived / no tests / timeout ...):"
+	@$(BIN)/mutmut results --all true | awk -F': ' '{print $$NF}' | sort | uniq -c
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
