@@ -3,7 +3,7 @@
     python book/execution_table.py
 
 Reads the papermill metadata of every executed notebook in book/experiments/ (profile and
-parameters, start, end and duration) and the versions of the installed packages; the hardware is
+parameters, end and duration), the runner's timings.json, and the versions of the installed packages; the hardware is
 that of the machine running this script, which ``make book`` runs right after
 book/run_notebooks.py executed the notebooks on it.  The reproducibility page includes the file.
 """
@@ -51,16 +51,27 @@ def versions() -> list[tuple[str, str]]:
 
 
 def executions(folder: Path) -> list[dict]:
-    """One entry per executed notebook, from its papermill metadata (sorted by name)."""
+    """One entry per executed notebook, from its papermill metadata (sorted by name).
+
+    The wall time is book/run_notebooks.py's (``timings.json``) where it timed this notebook on
+    the same profile, else papermill's own ``duration``; the two differ by the runner's
+    bookkeeping only.
+    """
+    timings = {}
+    if (folder / "timings.json").exists():
+        timings = json.loads((folder / "timings.json").read_text())
     rows = []
     for path in sorted(folder.glob("*.ipynb")):
         meta = json.loads(path.read_text()).get("metadata", {}).get("papermill", {})
         params = meta.get("parameters", {})
+        seconds = meta.get("duration")
+        if timings.get("profile") == params.get("profile") and path.stem in timings.get("seconds", {}):
+            seconds = timings["seconds"][path.stem]
         rows.append({
             "notebook": path.stem,
             "profile": params.get("profile", "?"),
             "parameters": {k: v for k, v in params.items() if k != "profile"},
-            "seconds": meta.get("duration"),
+            "seconds": seconds,
             "finished": (meta.get("end_time") or "?")[:19].replace("T", " "),
             "status": "failed" if meta.get("exception") else "ok",
         })

@@ -387,6 +387,23 @@ class RoundCapture:
     record: dict
     data_source: str
 
+    def by_class_sums(self, change: str = "update") -> tuple[np.ndarray, np.ndarray]:
+        """(weight row sums, bias) of every client, L2-normalised (FedGrad's ``by_class_vectors``),
+        from its own change ``W_i - W_prev`` (``change="update"``, the paper's Definitions 1-2
+        up to ``-1/eta``) or from its deviation from the round's sample-weighted average
+        ``W_i - W*`` (``"authors"``, FedGrad's default); the bias part is ``b_i - b_prev`` or
+        ``b_i - b*`` alike."""
+        from fedgrad_core.defenses.fedgrad import by_class_vectors
+
+        if change == "update":
+            w_ref, b_ref = self.w_prev, self.b_prev
+        elif change == "authors":
+            share = np.asarray(self.num_samples, dtype=np.float64) / sum(self.num_samples)
+            w_ref, b_ref = np.tensordot(share, self.w_clients, 1), np.tensordot(share, self.b_clients, 1)
+        else:
+            raise ValueError(f"change must be 'update' or 'authors', got {change!r}")
+        return by_class_vectors(self.w_clients - w_ref, self.b_clients - b_ref)
+
     @property
     def is_attacker(self) -> np.ndarray:
         return np.array([c in self.attackers for c in self.client_ids], dtype=bool)

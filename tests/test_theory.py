@@ -189,3 +189,30 @@ def test_capture_round_is_the_uninterrupted_runs_round():
     assert not np.allclose(capture.w_clients[0], capture.w_prev)  # local training moved the layer
     with pytest.raises(ValueError, match="round_idx"):
         capture_round(config, 4)
+
+
+def test_round_capture_by_class_sums_by_hand():
+    # Prepare: two clients, 2 classes x 2 features, unequal sample counts (1 and 3)
+    from fedgrad_core.theory import RoundCapture
+
+    w_prev = np.array([[1.0, 1.0], [0.0, 0.0]])
+    capture = RoundCapture(
+        round_idx=1, client_ids=(0, 1), attackers=(1,), num_samples=(1, 3),
+        w_prev=w_prev, b_prev=np.array([0.5, 0.5]),
+        w_clients=np.array([[[2.0, 1.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 4.0]]]),
+        b_clients=np.array([[0.5, 1.5], [1.5, 0.5]]), record={}, data_source="hand",
+    )
+    # Execute
+    mu_w, mu_b = capture.by_class_sums("update")
+    av_w, av_b = capture.by_class_sums("authors")
+    # Assert: own change: row sums (1, 0) and (0, 4), biases (0, 1) and (1, 0), normalised
+    np.testing.assert_allclose(mu_w, [[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(mu_b, [[0.0, 1.0], [1.0, 0.0]])
+    # average W* = (1 x W_0 + 3 x W_1) / 4: row sums (2.25, 3.0); client 0: (0.75, -3), client 1: (-0.25, 1)
+    np.testing.assert_allclose(av_w[0], np.array([0.75, -3.0]) / np.hypot(0.75, 3.0))
+    np.testing.assert_allclose(av_w[1], np.array([-0.25, 1.0]) / np.hypot(0.25, 1.0))
+    # b* = (1.25, 0.75): client 0: (-0.75, 0.75), client 1: (0.25, -0.25)
+    np.testing.assert_allclose(av_b, [[-2**-0.5, 2**-0.5], [2**-0.5, -2**-0.5]])
+    assert capture.is_attacker.tolist() == [False, True]
+    with pytest.raises(ValueError, match="change"):
+        capture.by_class_sums("paper")
