@@ -73,7 +73,7 @@ def executions(folder: Path) -> list[dict]:
             "parameters": {k: v for k, v in params.items() if k != "profile"},
             "seconds": seconds,
             "finished": (meta.get("end_time") or "?")[:19].replace("T", " "),
-            "status": "failed" if meta.get("exception") else "ok",
+            "status": "failed" if meta.get("exception") else ("ok" if meta.get("end_time") else "incomplete"),
         })
     return rows
 

@@ -42,6 +42,10 @@ def test_other_profiles_timing_is_not_used_and_empty_folder_says_so(tmp_path):
     _executed(tmp_path, "nb", "quick", 50.0)
     (tmp_path / "timings.json").write_text(json.dumps({"profile": "smoke", "seconds": {"nb": 5.0}}))
     assert execution_table.executions(tmp_path)[0]["seconds"] == 50.0
+    # a notebook papermill has not finished (no end time) is not reported as ok
+    meta = {"papermill": {"parameters": {"profile": "smoke"}, "duration": None, "end_time": None}}
+    (tmp_path / "running.ipynb").write_text(json.dumps({"cells": [], "metadata": meta}))
+    assert [r["status"] for r in execution_table.executions(tmp_path)] == ["ok", "incomplete"]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "No executed notebooks" in execution_table.render(execution_table.executions(empty), [], "cpu")
