@@ -1,8 +1,11 @@
-"""The conda environment and pyproject.toml pin the same versions."""
+"""The conda environment and pyproject.toml pin the same versions, and torch is installed at its pin."""
 
+import importlib.metadata
 import re
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +33,11 @@ def test_environment_yml_pins_what_pyproject_pins():
     assert _environment_pins() == _pyproject_pins()
 
 
-def test_torch_pair_is_the_one_that_installs_here():
-    pins = _pyproject_pins()
-    assert (pins["torch"], pins["torchvision"]) == ("2.14.1", "0.29.1")
+def _public(version: str) -> str:
+    """The version without its local part (a CUDA wheel reports 2.14.1+cu130 in torch.__version__)."""
+    return version.split("+", 1)[0]
+
+
+@pytest.mark.parametrize("package", ["torch", "torchvision"])
+def test_the_pinned_torch_pair_is_the_one_installed(package):
+    assert _public(importlib.metadata.version(package)) == _public(_pyproject_pins()[package])

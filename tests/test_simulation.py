@@ -1,9 +1,11 @@
 import json
+from fractions import Fraction
 
 import pytest
 
 import fedgrad_core.simulation as simulation
 from fedgrad_core import ExperimentConfig, RunResult, run_experiment
+from fedgrad_core.defenses import Aggregate, Defense
 from fedgrad_core.results import HISTORY_KEYS
 
 SMALL = ExperimentConfig(rounds=4, num_clients=10, clients_per_round=5, attack="blackbox", eval_every=2)
@@ -89,6 +91,59 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
 
     with pytest.raises(ValueError, match="different configuration"):
         run_experiment(SMALL.replace(rounds=3, seed=9), out=out, checkpoint_every=1, resume=True, progress=False)
+
+
+class _FlagsChosenClients(Defense):
+    """Keeps the global model and flags, of the round's clients, the lowest-numbered attacker and
+    the two lowest-numbered benign clients: rates known by construction."""
+
+    name = "flags_chosen"
+
+    def __init__(self, pool):
+        self.pool = set(pool)
+
+    def aggregate_finite(self, global_state, updates, round_idx):
+        ids = sorted(u.client_id for u in updates)
+        attackers = [c for c in ids if c in self.pool]
+        benign = [c for c in ids if c not in self.pool]
+        flagged = frozenset(attackers[:1] + benign[:2])
+        return Aggregate({k: v.clone() for k, v in global_state.items()}, flagged)
+
+
+def test_tpr_and_fpr_of_a_round_are_the_flagged_shares_of_its_attackers_and_benign_clients(monkeypatch):
+    # Prepare: a defense whose flagged set is known, in the real loop
+    config = SMALL.replace(local_epochs=1, eval_every=4)
+    pool = simulation.attacker_pool(config)
+    monkeypatch.setattr(simulation, "build_defense", lambda *args: _FlagsChosenClients(pool))
+    # Execute
+    history = run_experiment(config, progress=False).history
+    # Assert
+    for record in history:
+        attackers = [c for c in record["selected"] if c in pool]
+        benign = [c for c in record["selected"] if c not in pool]
+        assert record["attackers"] == attackers
+        assert record["flagged"] == sorted(attackers[:1] + benign[:2])
+        assert record["tpr"] == (1 / len(attackers) if attackers else None)
+        assert record["fpr"] == 2 / len(benign)
+    assert any(0 < r["tpr"] < 1 for r in history if r["tpr"] is not None)  # a round with 2+ attackers
+
+
+def test_tpr_and_fpr_recomputed_from_a_real_rounds_record():
+    # Prepare: FLAME flags clients on its own
+    config = SMALL.replace(defense="flame", local_epochs=1, eval_every=4)
+    # Execute
+    result = run_experiment(config, progress=False)
+    # Assert: the rates follow from the record's own sets (and the pool from the result's meta)
+    pool = set(result.meta["attacker_pool"])
+    for r in result.history:
+        assert set(r["attackers"]) == set(r["selected"]) & pool and set(r["flagged"]) <= set(r["selected"])
+        benign = set(r["selected"]) - set(r["attackers"])
+        flagged = set(r["flagged"])
+        tpr = Fraction(len(flagged & set(r["attackers"])), len(r["attackers"])) if r["attackers"] else None
+        fpr = Fraction(len(flagged & benign), len(benign)) if benign else None
+        assert r["tpr"] == (None if tpr is None else float(tpr))
+        assert r["fpr"] == (None if fpr is None else float(fpr))
+    assert any(r["attackers"] for r in result.history) and any(r["flagged"] for r in result.history)
 
 
 @pytest.mark.slow
