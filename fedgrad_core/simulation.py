@@ -81,8 +81,10 @@ def run_experiment(
 ) -> RunResult:
     """Run ``config`` and return its result; also saved to ``out`` (JSON) when given.
 
-    ``checkpoint_every`` rounds, the state (global model, defense, history) is written atomically
-    to ``checkpoint_path`` (default: ``out`` + ``.ckpt``); with ``resume`` a run continues from it.
+    ``checkpoint_every`` rounds, the state (global model, the defense's ``state_dict()``, history)
+    is written atomically to ``checkpoint_path`` (default: ``out`` + ``.ckpt``); with ``resume`` a
+    run continues from it (``fedgrad_core.checkpoint``: loaded with ``weights_only=True``, so a
+    checkpoint cannot run code; one written for another configuration is refused).
     ``stop_after`` ends the run after that round (as an interrupted run would), for tests.
     """
     validate(config)

@@ -304,7 +304,8 @@ class Defense:
     def state_dict(self) -> dict[str, Any]:
         """The defense's history across rounds, as tensors, numbers, strings, lists and dicts.
 
-        Stateless defenses (the default) return ``{}``.  A stateful one returns
+        Stateless defenses (the default) return ``{}``.  A defense that keeps anything across
+        rounds must override both methods, or a resumed run silently starts it afresh; it returns
         ``self._versioned({...})``, which adds its name and ``state_version``.  The constructor's
         parameters are not part of it: they come from the run's configuration.
         """
