@@ -70,8 +70,8 @@ the round's updates.  They differ among themselves in details we chose as follow
   forward pass runs.  Pass ``input_shape`` to be sure.
 
 Assumptions (ValueError otherwise): a ``model_factory`` is given (the simulation supplies it),
-builds the run's architecture, and is picklable (the simulation checkpoints the defense with
-``torch.save``: use ``functools.partial(make_model, ...)``, not a lambda); the model ends in an
+and builds the run's architecture (DeepSight keeps no state across rounds: checkpoints hold its
+empty ``state_dict()``, never the factory); the model ends in an
 ``nn.Linear`` with a bias; ``num_classes``, when given, equals its output size.  DeepSight needs
 at least 2 clients per round (``validate``); a round reduced to one finite update (the others
 held NaN/inf) is still aggregated: the single model forms its own cluster.
