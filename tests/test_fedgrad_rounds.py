@@ -333,6 +333,11 @@ def test_parameter_keys_by_name_rule_and_by_model():
         parameter_keys(G, names)
     with pytest.raises(ValueError, match="model_factory"):
         FedGrad(model_factory=lambda: "not a module")
+    # the simulation's context hands the factory over; only the names are kept
+    from fedgrad_core.defenses import build_defense
+
+    built = build_defense("fedgrad", {}, {"model_factory": TinyBN, "seed": 0})
+    assert built.parameter_names == names
 
 
 # --------------------------------------------------------------------------- pairwise history
