@@ -56,11 +56,52 @@ def test_weiszfeld_on_a_gram_matrix_matches_the_direct_objective():
 
 
 @pytest.mark.parametrize(
-    "params", [{"max_iter": 0}, {"eps": 0.0}, {"eps": -1e-5}, {"ftol": -1.0}, {"max_iter": 2.5}]
+    "params, message",
+    [({"max_iter": 0}, "max_iter"), ({"eps": 0.0}, "eps"), ({"eps": -1e-5}, "eps"),
+     ({"ftol": -1.0}, "ftol"), ({"max_iter": 2.5}, "max_iter")],
 )
-def test_invalid_parameters_raise(params):
-    with pytest.raises(ValueError):
+def test_invalid_parameters_raise(params, message):
+    with pytest.raises(ValueError, match=message):
         make_defense("rfa", **params)
+
+
+def test_zero_tolerance_is_allowed_and_stops_on_an_unchanged_objective():
+    # Prepare: three identical points: the objective is 0 from the start and never changes
+    x = torch.ones(3, 2, dtype=torch.float64)
+    # Execute
+    beta, iterations, objective = weiszfeld_weights(gram64(x), torch.ones(3), ftol=0.0)
+    # Assert: |0 - 0| <= 0 * 0 stops after one iteration (a strict "<" would run 500)
+    assert iterations == 1 and objective == 0.0
+    assert beta.tolist() == pytest.approx([1 / 3] * 3)
+    make_defense("rfa", ftol=0.0)  # a valid setting
+
+
+def test_stopping_rule_is_relative_so_scaling_the_points_changes_nothing():
+    # Prepare: seven random points (nobody on the estimate: the floor eps plays no part)
+    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    alphas = torch.arange(1.0, 8.0, dtype=torch.float32)  # any float dtype, normalised inside
+    # Execute
+    runs = [weiszfeld_weights(gram64(s * x), alphas) for s in (1e-2, 1.0, 1e2)]
+    # Assert: same weights and iteration count at every scale
+    assert len({it for _, it, _ in runs}) == 1
+    for beta, _, _ in runs[1:]:
+        assert beta.tolist() == pytest.approx(runs[0][0].tolist(), rel=1e-6)
+    assert runs[2][2] == pytest.approx(1e4 * runs[0][2], rel=1e-9)
+
+
+def test_the_class_passes_its_settings_to_the_rule():
+    # Prepare: the one-step case of test_smoothing_floor_when_a_client_sits_on_the_estimate
+    updates = _updates([[5.0], [6.0], [8.0]], samples=[2, 2, 1])
+    global_state = {"w": torch.tensor([5.0])}
+    # Execute
+    one_step = make_defense("rfa", max_iter=1, eps=0.1).aggregate(global_state, updates, 0)
+    loose = make_defense("rfa", ftol=0.5).aggregate(global_state, updates, 0)
+    loose_function = rfa(global_state, updates, ftol=0.5)
+    # Assert
+    assert one_step.global_state["w"].item() == pytest.approx(6.0 - 0.02 / 0.45, abs=1e-6)
+    assert one_step.diagnostics["iterations"] == 1
+    # a relative change of 1.25e-6 is below ftol = 0.5: stop after the first iteration
+    assert loose.diagnostics["iterations"] == loose_function.diagnostics["iterations"] == 1
 
 
 def test_smoothing_floor_when_a_client_sits_on_the_estimate():
@@ -79,6 +120,8 @@ def test_smoothing_floor_when_a_client_sits_on_the_estimate():
     # Assert
     assert one_step.global_state["w"].item() == pytest.approx(5.0 + 1.0 - 0.02 / 0.45, abs=1e-6)
     assert one_step.diagnostics["iterations"] == 1
+    z = 1.0 - 0.02 / 0.45  # objective 0.4 |z| + 0.4 |1 - z| + 0.2 |3 - z| at the offset z
+    assert one_step.diagnostics["objective"] == pytest.approx(0.4 * z + 0.4 * (1 - z) + 0.2 * (3 - z))
     assert one_step.diagnostics["weiszfeld_weights"] == {
         "0": pytest.approx(0.4 / 4.5), "1": pytest.approx(4.0 / 4.5), "2": pytest.approx(0.1 / 4.5)
     }

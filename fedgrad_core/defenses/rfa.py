@@ -38,6 +38,12 @@ from fedgrad_core.defenses.base import (
 from fedgrad_core.defenses.base import combine, gram64, sorted_updates, update_matrix
 
 
+#: The FedGrad authors' settings (one definition for the function and the class defaults).
+MAX_ITER = 500
+EPS = 1e-5
+FTOL = 1e-7
+
+
 def _check(max_iter: int, eps: float, ftol: float) -> None:
     if int(max_iter) != max_iter or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter}")
@@ -48,7 +54,7 @@ def _check(max_iter: int, eps: float, ftol: float) -> None:
 
 
 def weiszfeld_weights(
-    gram: Tensor, alphas: Tensor, *, max_iter: int = 500, eps: float = 1e-5, ftol: float = 1e-7
+    gram: Tensor, alphas: Tensor, *, max_iter: int = MAX_ITER, eps: float = EPS, ftol: float = FTOL
 ) -> tuple[Tensor, int, float]:
     """Smoothed Weiszfeld on points given by their Gram matrix.
 
@@ -67,8 +73,7 @@ def weiszfeld_weights(
     beta = alphas.clone()
     dist = distances(beta)
     objective = float(alphas @ dist)
-    iterations = 0
-    for iterations in range(1, int(max_iter) + 1):
+    for iterations in range(1, int(max_iter) + 1):  # max_iter >= 1: the loop always binds it
         new_beta = alphas / dist.clamp_min(eps)
         new_beta = new_beta / new_beta.sum()
         new_dist = distances(new_beta)
@@ -83,9 +88,9 @@ def rfa(
     global_state: State,
     updates: Sequence[ClientUpdate],
     *,
-    max_iter: int = 500,
-    eps: float = 1e-5,
-    ftol: float = 1e-7,
+    max_iter: int = MAX_ITER,
+    eps: float = EPS,
+    ftol: float = FTOL,
 ) -> Aggregate:
     """The sample-weighted geometric median of the round's models (smoothed Weiszfeld)."""
     _check(max_iter, eps, ftol)
@@ -110,7 +115,7 @@ def rfa(
 class RFA(Defense):
     name = "rfa"
 
-    def __init__(self, *, max_iter: int = 500, eps: float = 1e-5, ftol: float = 1e-7) -> None:
+    def __init__(self, *, max_iter: int = MAX_ITER, eps: float = EPS, ftol: float = FTOL) -> None:
         _check(max_iter, eps, ftol)
         self.max_iter = int(max_iter)
         self.eps = float(eps)
