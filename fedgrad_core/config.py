@@ -57,6 +57,9 @@ class ExperimentConfig:
     pretrain_lr: float = 0.02
     seed: int = 0
     device: str = "auto"  # "auto" uses CUDA when present
+    # Honest clients trained together ("on"), one by one ("off"), or whichever is faster for the
+    # model and device ("auto", simulation.BATCHED_BY_DEFAULT). Equal in distribution, not bitwise.
+    client_batching: str = "auto"
 
     def __post_init__(self) -> None:
         # Plain dicts (copied) so a caller mutating its dict cannot change a frozen config.
@@ -130,6 +133,10 @@ def validate(config: ExperimentConfig) -> None:
     _check(
         c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"),
         f"device must be 'auto', 'cpu' or 'cuda[:N]', got {c.device!r}",
+    )
+    _check(
+        c.client_batching in ("auto", "on", "off"),
+        f"client_batching must be 'auto', 'on' or 'off', got {c.client_batching!r}",
     )
     try:
         attack = make_attack(c.attack, **attack_params(c))

@@ -31,7 +31,7 @@ from fedgrad_core.data.task import Split, Task
 from fedgrad_core.defenses import ClientUpdate, build_defense
 from fedgrad_core.models import make_model
 from fedgrad_core.results import RunResult, atomic_write, provenance
-from fedgrad_core.training import LocalTraining, local_train, predict
+from fedgrad_core.training import LocalTraining, local_train, local_train_batched, predict, supports_batched
 
 log = logging.getLogger(__name__)
 
@@ -176,18 +176,9 @@ def run_round(
         for c in selected
     }
     ctx = RoundContext(round_idx, global_state, selected, attackers, {c: len(d) for c, d in data.items()}, lr)
-    updates = []
-    for c in selected:
-        worker.load_state_dict(global_state)
-        if c in pool:
-            rank = pool.index(c)
-            hooks = attack.training_hooks(c, rank, ctx, generators[c])
-            local_train(worker, data[c], attack.local_training(benign), generator=generators[c], hooks=hooks, device=device)
-            state = attack.after_training(_detached(worker), c, rank, ctx)
-        else:
-            local_train(worker, data[c], benign, generator=generators[c], device=device)
-            state = _detached(worker)
-        updates.append(ClientUpdate(c, state, len(data[c])))
+    batched = use_client_batching(config.client_batching, config.model_name, worker, device)
+    updates = train_clients(worker, global_state, data, generators, benign, device, batched=batched,
+                            attack=attack, pool=pool, ctx=ctx)
 
     started = time.perf_counter()
     aggregate = defense.aggregate(global_state, updates, round_idx)
@@ -214,6 +205,78 @@ def run_round(
     if aggregate.diagnostics:
         record["defense"] = _jsonable(aggregate.diagnostics)
     return record
+
+
+#: Models whose honest clients train faster batched (``local_train_batched``) than one by one, per
+#: device type; measured with benchmarks/bench_training.py (2-core CPU: the small CNN and the MLP
+#: win, LeNet's and VGG-9's large convolutions run slower as vmapped grouped convolutions).
+BATCHED_BY_DEFAULT: dict[str, frozenset[str]] = {
+    "cpu": frozenset({"digits_mlp", "cnn_mnist"}),
+    # Not measured here (no GPU lent): on a GPU one vmapped step of K small models fills the device
+    # where one model's step leaves it idle, so every model without buffers batches.
+    "cuda": frozenset({"digits_mlp", "cnn_mnist", "lenet", "vgg9"}),
+}
+
+
+def use_client_batching(mode: str, model_name: str, model: torch.nn.Module, device: str) -> bool:
+    """Whether the round's honest clients train batched: ``mode`` is "on", "off" or "auto".
+
+    "auto" follows ``BATCHED_BY_DEFAULT`` for the device; a model with buffers (BatchNorm) always
+    trains one client at a time, and asking "on" for one is an error.
+    """
+    if mode == "off":
+        return False
+    supported = supports_batched(model)
+    if mode == "on":
+        if not supported:
+            raise ValueError(f"client_batching='on' needs a model without buffers; {model_name!r} has some")
+        return True
+    if mode != "auto":
+        raise ValueError(f"client_batching must be 'auto', 'on' or 'off', got {mode!r}")
+    return supported and model_name in BATCHED_BY_DEFAULT.get(torch.device(device).type, frozenset())
+
+
+def train_clients(
+    worker: torch.nn.Module,
+    global_state: dict[str, torch.Tensor],
+    data: dict[int, Split],
+    generators: dict[int, torch.Generator],
+    benign: LocalTraining,
+    device: str,
+    *,
+    batched: bool = False,
+    attack=None,
+    pool: tuple[int, ...] = (),
+    ctx: Optional[RoundContext] = None,
+) -> list[ClientUpdate]:
+    """Local training of the round's clients (the keys of ``data``), each from ``global_state``.
+
+    Attackers (clients in ``pool``) always train one at a time, through the attack's hooks.  With
+    ``batched`` the honest clients train together (``local_train_batched``: same batches, equal in
+    distribution, not bit-identical to one at a time); otherwise one at a time in ``worker``.
+    Returns the updates in the order of ``data``.
+    """
+    honest = [c for c in data if c not in pool]
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    if batched and len(honest) > 1:
+        worker.load_state_dict(global_state)
+        trained = local_train_batched(
+            worker, [data[c] for c in honest], benign, generators=[generators[c] for c in honest], device=device
+        )
+        states.update(zip(honest, trained))
+    for c in data:
+        if c in states:
+            continue
+        worker.load_state_dict(global_state)
+        if c in pool:
+            rank = pool.index(c)
+            hooks = attack.training_hooks(c, rank, ctx, generators[c])
+            local_train(worker, data[c], attack.local_training(benign), generator=generators[c], hooks=hooks, device=device)
+            states[c] = attack.after_training(_detached(worker), c, rank, ctx)
+        else:
+            local_train(worker, data[c], benign, generator=generators[c], device=device)
+            states[c] = _detached(worker)
+    return [ClientUpdate(c, states[c], len(data[c])) for c in data]
 
 
 def accuracy(model: torch.nn.Module, split: Split, device: str) -> float:

@@ -8,8 +8,9 @@ forked, seeded from that generator and restored around the work.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -93,14 +94,140 @@ def local_train(
     return step
 
 
-@torch.no_grad()
+def supports_batched(model: nn.Module) -> bool:
+    """Whether ``local_train_batched`` can train copies of ``model``: it has no buffers.
+
+    Buffers (BatchNorm's running statistics) are updated in place during training, which a
+    functional, vmapped step cannot do per client.
+    """
+    return next(iter(model.buffers()), None) is None
+
+
+def local_train_batched(
+    model: nn.Module,
+    datasets: Sequence[Split],
+    settings: LocalTraining,
+    *,
+    generators: Sequence[torch.Generator],
+    device: torch.device | str = "cpu",
+) -> list[dict[str, Tensor]]:
+    """Train K copies of ``model`` (its current weights) at once, one per data set; honest clients only.
+
+    Same algorithm as ``local_train`` for each client (the paper's local SGD: momentum, weight
+    decay, ``settings.epochs`` passes over a fresh permutation): the K models' parameters are
+    stacked along a leading axis and one step of all of them is one vmapped
+    ``torch.func.grad`` of ``functional_call``, followed by the SGD update written out with the
+    same formula as ``torch.optim.SGD`` (dampening 0, no Nesterov).
+
+    Each client draws from its own generator exactly what ``local_train`` draws (one seed, then
+    one permutation per epoch), so every client sees the same batches in the same order as when
+    trained alone.  The results equal sequential training in distribution, not bit for bit:
+    batched kernels sum in another order, and dropout masks come from one stream seeded from
+    all the clients' seeds.  They are deterministic for given generators.
+
+    Clients with fewer samples take fewer steps: clients are ordered by their number of steps,
+    longest first, so the clients still training are always a prefix of the stack (a view, no
+    copy); the last batch of an epoch is padded and its padding weighted 0 in the loss.
+
+    ``model`` is not changed.  Returns one state dict per data set, in the order given.
+    """
+    if len(datasets) != len(generators):
+        raise ValueError(f"got {len(datasets)} data sets but {len(generators)} generators")
+    if not datasets:
+        return []
+    if any(len(d) == 0 for d in datasets):
+        raise ValueError("local_train_batched got an empty data set")
+    if not supports_batched(model):
+        raise ValueError(f"{type(model).__name__} has buffers; train it with local_train")
+    from torch.func import functional_call, grad, vmap
+
+    bs, epochs = settings.batch_size, settings.epochs
+    seeds, schedules = [], []
+    for data, gen in zip(datasets, generators):
+        seeds.append(seed_from(gen))  # as local_train: the dropout seed first, then the permutations
+        schedules.append(torch.cat([torch.randperm(len(data), generator=gen) for _ in range(epochs)]))
+    steps = [epochs * -(-len(d) // bs) for d in datasets]
+    order = sorted(range(len(datasets)), key=lambda i: -steps[i])  # stable: ties keep their order
+    k, total_steps = len(order), steps[order[0]]
+
+    # All clients' samples in one tensor; batch s of client j is rows index[s, j] with weights w[s, j].
+    offsets = torch.tensor([0] + [len(datasets[i]) for i in order]).cumsum(0)
+    x_all = torch.cat([datasets[i].x for i in order]).to(device)
+    y_all = torch.cat([datasets[i].y for i in order]).to(device)
+    index = torch.zeros((total_steps, k, bs), dtype=torch.int64)
+    weight = torch.zeros((total_steps, k, bs), dtype=x_all.dtype)
+    for j, i in enumerate(order):
+        n = len(datasets[i])
+        step = 0
+        for e in range(epochs):
+            perm = schedules[i][e * n : (e + 1) * n]
+            for start in range(0, n, bs):
+                idx = perm[start : start + bs]
+                index[step, j, : len(idx)] = idx + offsets[j]
+                weight[step, j, : len(idx)] = 1.0 / len(idx)  # the batch mean, as cross_entropy's
+                step += 1
+    active = [sum(1 for i in order if steps[i] > s) for s in range(total_steps)]
+    index, weight = index.to(device), weight.to(device)
+
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: p.detach().to(device).unsqueeze(0).repeat_interleave(k, 0) for n, p in model.named_parameters()}
+    momentum_buf = {n: torch.zeros_like(p) for n, p in params.items()}
+    was_training = model.training
+    model.train()
+
+    def batch_loss(p: dict[str, Tensor], x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        logits = functional_call(model, p, (x,))
+        return (F.cross_entropy(logits, y, reduction="none") * w).sum()
+
+    step_grads = vmap(grad(batch_loss), randomness="different")
+    lr, mom, wd = settings.lr, settings.momentum, settings.weight_decay
+    try:
+        with torch.random.fork_rng(devices=_cuda_devices(device)):
+            torch.manual_seed(int(np.random.SeedSequence(seeds).generate_state(1, dtype=np.uint64)[0] >> 2))
+            for s in range(total_steps):
+                m = active[s]
+                idx = index[s, :m]
+                view = {n: params[n][:m] for n in names}
+                grads = step_grads(view, x_all[idx], y_all[idx], weight[s, :m])
+                for n in names:  # torch.optim.SGD: d = g + wd p; buf = mom buf + d (buf = d at step 1); p -= lr buf
+                    p, buf, d = view[n], momentum_buf[n][:m], grads[n]
+                    if wd:
+                        d.add_(p, alpha=wd)
+                    if s == 0 or not mom:
+                        buf.copy_(d)
+                    else:
+                        buf.mul_(mom).add_(d)
+                    p.add_(buf, alpha=-lr)
+    finally:
+        model.train(was_training)
+
+    states: list[dict[str, Tensor]] = [{} for _ in order]
+    for j, i in enumerate(order):
+        states[i] = {n: (params[n][j].clone() if n in params else t.detach().clone()) for n, t in model.state_dict().items()}
+    return states
+
+
+#: Inputs per forward pass in ``predict``: large enough to amortise the per-call overhead, small
+#: enough that a LeNet's activations (64 x 24 x 24 floats a sample) stay in cache-friendly sizes;
+#: measured on a 2-core CPU (benchmarks/bench_training.py), 1000 was no faster than 256.
+EVAL_BATCH = 256
+
+
 def predict(
-    model: nn.Module, x: Tensor, *, batch_size: int = 1000, device: torch.device | str = "cpu"
+    model: nn.Module, x: Tensor, *, batch_size: int = EVAL_BATCH, device: torch.device | str = "cpu"
 ) -> Tensor:
-    """Predicted labels for ``x`` (on the CPU)."""
+    """Predicted labels for ``x`` (on the CPU), in batches under ``torch.inference_mode``.
+
+    The labels are written into one preallocated tensor; the model is left in eval mode.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
-    out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+    out = torch.empty(len(x), dtype=torch.int64)
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            out[i : i + batch_size] = model(x[i : i + batch_size].to(device)).argmax(1).cpu()
+    return out
 
 
 def _cuda_devices(device: torch.device | str) -> list[int]:

@@ -1,0 +1,125 @@
+"""Local training: samples per second of the simulation's client loop against a bare PyTorch loop.
+
+For each model a synthetic round of K honest clients with unequal data sizes (random inputs of
+the data set's shape: speed does not depend on the pixels) is trained three ways, in alternation:
+
+* ``floor``: one model, one ``torch.optim.SGD``, a bare loop over the same batches (what local
+  training costs at least: no per-client state loading, no generators, no copies);
+* ``sequential``: ``simulation.train_clients`` one client at a time (``client_batching="off"``);
+* ``batched``: ``simulation.train_clients`` with the honest clients vmapped together
+  (``client_batching="on"``, ``training.local_train_batched``).
+
+It prints samples/s, the overhead of the sequential loop over the floor (target <= 1.25x), the
+speed-up of batching over the floor, and which mode ``client_batching="auto"`` picks.  A second
+table times evaluation (``training.predict``) at several batch sizes.
+
+    python benchmarks/bench_training.py                 # every model, about 2 minutes on 2 cores
+    python benchmarks/bench_training.py --models lenet --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from benchlib import hardware, interleaved_medians
+from fedgrad_core.data.task import Split
+from fedgrad_core.models import make_model
+from fedgrad_core.simulation import BATCHED_BY_DEFAULT, train_clients, use_client_batching
+from fedgrad_core.training import LocalTraining, predict
+
+#: model: (input shape, clients K, mean samples per client, local epochs).  VGG-9 gets few samples:
+#: about 50 samples/s on 2 cores.  Sizes vary from 0.5x to 1.5x the mean (non-IID partitions).
+SETTINGS = {
+    "digits_mlp": ((1, 8, 8), 10, 90, 2),
+    "cnn_mnist": ((1, 28, 28), 10, 150, 2),
+    "lenet": ((1, 28, 28), 10, 150, 2),
+    "vgg9": ((3, 32, 32), 6, 24, 1),
+}
+
+
+def synthetic_clients(shape, k: int, mean_size: int, seed: int = 0) -> list[Split]:
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [max(1, int(mean_size * (0.5 + i / max(k - 1, 1)))) for i in range(k)]
+    return [Split(torch.randn(n, *shape, generator=gen), torch.randint(0, 10, (n,), generator=gen)) for n in sizes]
+
+
+def bare_loop(model: torch.nn.Module, clients: list[Split], settings: LocalTraining, seed: int = 0) -> None:
+    """The floor: one model and optimiser, the clients' batches back to back."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                          weight_decay=settings.weight_decay)
+    model.train()
+    for data in clients:
+        for _ in range(settings.epochs):
+            order = torch.randperm(len(data), generator=gen)
+            for start in range(0, len(data), settings.batch_size):
+                idx = order[start : start + settings.batch_size]
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(data.x[idx]), data.y[idx]).backward()
+                opt.step()
+
+
+def bench_model(name: str, repeats: int) -> None:
+    shape, k, mean_size, epochs = SETTINGS[name]
+    clients = synthetic_clients(shape, k, mean_size)
+    settings = LocalTraining(lr=0.02, epochs=epochs, batch_size=32)
+    samples = epochs * sum(len(c) for c in clients)
+    model = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
+    global_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    worker = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
+    floor_model = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
+    data = dict(enumerate(clients))
+
+    def sim(batched: bool):
+        gens = {c: torch.Generator().manual_seed(100 + c) for c in data}
+        train_clients(worker, global_state, data, gens, settings, "cpu", batched=batched)
+
+    t = interleaved_medians(
+        {"floor": lambda: bare_loop(floor_model, clients, settings),
+         "sequential": lambda: sim(False), "batched": lambda: sim(True)},
+        repeats,
+    )
+    auto = "batched" if use_client_batching("auto", name, worker, "cpu") else "sequential"
+    rate = {m: samples / s for m, s in t.items()}
+    print(f"{name:<11} K={k:<3} {samples:>6} {rate['floor']:>9.0f} {rate['sequential']:>9.0f} "
+          f"{rate['batched']:>9.0f} {t['sequential'] / t['floor']:>10.2f}x {t['floor'] / t['batched']:>9.2f}x "
+          f"{t['sequential'] / t['batched']:>9.2f}x  {auto}", flush=True)
+
+
+def bench_eval(name: str, repeats: int, n: int = 2048) -> None:
+    shape = SETTINGS[name][0]
+    model = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
+    x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(1))
+    sizes = (64, 256, 1000)
+    t = interleaved_medians({bs: (lambda bs=bs: predict(model, x, batch_size=bs)) for bs in sizes}, repeats)
+    print(f"{name:<11} " + " ".join(f"{n / t[bs]:>9.0f}" for bs in sizes), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-eval", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(hardware())
+    print(f"local training, samples/s (median of {args.repeats}, alternating); batch 32, lr 0.02, momentum 0.9")
+    print(f"{'model':<11} {'K':<5} {'samples':>6} {'floor':>9} {'sequential':>9} {'batched':>9} "
+          f"{'seq/floor':>11} {'speed-up':>10} {'seq/batch':>10}  auto (cpu)")
+    for name in args.models:
+        bench_model(name, args.repeats)
+    print(f"(target: seq/floor <= 1.25; speed-up = floor time / batched time; auto on CPU batches "
+          f"{sorted(BATCHED_BY_DEFAULT['cpu'])})")
+    if not args.no_eval:
+        print("\nevaluation (training.predict under inference_mode), samples/s by batch size")
+        print(f"{'model':<11} {'64':>9} {'256':>9} {'1000':>9}")
+        for name in args.models:
+            bench_eval(name, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
