@@ -96,7 +96,7 @@ def relabel_round(one_thread):
 def test_flags_the_relabelling_attackers(relabel_round):
     # Prepare
     global_state, updates = relabel_round
-    defense = make_defense("deepsight", model_factory=DIGITS, num_classes=10, seed=0)  # paper defaults
+    defense = make_defense("deepsight", model_factory=DIGITS, num_classes=10, seed=0)  # defaults
     # Execute
     result = defense.aggregate(global_state, updates, round_idx=1)
     # Assert
@@ -434,3 +434,12 @@ def test_noise_inputs_default_to_uniform_on_0_1():
     normal = DeepSight(model_factory=DIGITS, noise="normal")
     y = normal._noise_batch(normal._noise_generator(0), 1000, (1, 8, 8))
     assert y.min().item() < 0.0 and y.std().item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_defaults_are_the_documented_choices():
+    # the FedGrad authors' runs: tau 1/3, 3 seeds of 2,000 U[0, 1) inputs, HDBSCAN library defaults,
+    # sample-weighted average (module docstring says where each comes from)
+    d = DeepSight(model_factory=DIGITS)
+    assert (d.tau, d.num_seeds, d.num_noise_samples, d.noise) == (1 / 3, 3, 2000, "uniform")
+    assert (d.min_cluster_size, d.min_samples, d.allow_single_cluster) == (5, None, False)
+    assert d.sample_weighted is True
