@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedgrad_core.defenses import ClientUpdate, make_defense
-from fedgrad_core.defenses.foolsgold import foolsgold_weights
+from fedgrad_core.defenses.foolsgold import clip_rows_, foolsgold, foolsgold_weights
 
 
 def test_identical_sybils_get_zero_weight_and_diverse_clients_full_weight():
@@ -152,7 +152,7 @@ def test_history_sums_the_updates_clipped_to_norm_one():
     defense.aggregate(g, [ClientUpdate(7, {"w": torch.tensor([1.0, 1.5])}, 1)], 1)
     # Assert: (3, 4) / 5 + (0, 0.5) = (0.6, 1.3); a norm below 1 is left alone
     assert defense.history[7].tolist() == pytest.approx([0.6, 1.3])
-    assert first.diagnostics["clip_scale"] == {"7": pytest.approx(0.2)}
+    assert first.diagnostics["clip_scale"] == {"7": 0.2}  # 1 / 5, in float64
 
 
 def test_the_round_average_uses_the_clipped_updates():
@@ -196,3 +196,35 @@ def test_ultimate_layer_features_keep_only_the_last_linear_layer():
 def test_invalid_parameters_raise(params):
     with pytest.raises(ValueError):
         make_defense("foolsgold", **params)
+
+
+def test_clip_rows_scales_only_rows_above_the_bound():
+    # Prepare: K = 3 rows in d = 2: norms 5, 0.5 and 0
+    rows = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
+    # Execute
+    scales = clip_rows_(rows, 1.0)
+    # Assert
+    assert scales.tolist() == [0.2, 1.0, 1.0]
+    assert rows.flatten().tolist() == pytest.approx([0.6, 0.8, 0.3, 0.4, 0.0, 0.0])
+    assert clip_rows_(rows, None).tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="clip_norm"):
+        clip_rows_(rows, 0.0)
+
+
+def test_function_weights_the_round_with_default_kappa_and_clips_when_asked():
+    # Prepare: HAND as this round's histories and updates, global model (1, 1, 1), n = (1, 1, 2)
+    g = torch.ones(3)
+    deltas = [torch.tensor([2.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0]), torch.tensor([0.0, 1.0, 1.0])]
+    updates = [ClientUpdate(i, {"w": g + d}, n) for i, (d, n) in enumerate(zip(deltas, [1, 1, 2]))]
+    history = torch.stack(deltas)
+    a = PARDONED_WEIGHT
+    # Execute
+    raw = foolsgold({"w": g}, updates, history)
+    clipped = foolsgold({"w": g}, updates, history, clip_norm=1.0)
+    # Assert: coefficients (a, a, 2) / (2a + 2) (kappa = 1); clipping scales the first two
+    # updates by 1/2 and 1/sqrt(2), the third by 1/sqrt(2)
+    c = torch.tensor([a, a, 2.0]) / (2 * a + 2)
+    expected_raw = g + c[0] * deltas[0] + c[1] * deltas[1] + c[2] * deltas[2]
+    expected_clipped = g + c[0] * deltas[0] / 2 + (c[1] * deltas[1] + c[2] * deltas[2]) / 2 ** 0.5
+    assert raw.global_state["w"].tolist() == pytest.approx(expected_raw.tolist(), abs=1e-6)
+    assert clipped.global_state["w"].tolist() == pytest.approx(expected_clipped.tolist(), abs=1e-6)
