@@ -141,6 +141,15 @@ class VGG9Narrow(VGG9):
     plan = tuple(c if c == "M" else c // 4 for c in VGG9.plan)
 
 
+@MODELS.register("vgg9_slim")
+class VGG9Slim(VGG9):
+    """VGG-9 at an eighth of the width (8 ... 64 channels, 145k parameters; measured on one CPU core
+    about half the training time of ``vgg9_narrow`` per sample and a third of its evaluation
+    time): the quick profile's CIFAR-10 network for the edge-case tables.  Not the paper's."""
+
+    plan = tuple(c if c == "M" else c // 8 for c in VGG9.plan)
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()

@@ -4,7 +4,7 @@ from torch import nn
 
 from fedgrad_core.models import available_models, make_model, ultimate_layer
 
-SHAPES = {"digits_mlp": (1, 8, 8), "lenet": (1, 28, 28), "cnn_mnist": (1, 28, 28), "vgg9": (3, 32, 32), "vgg9_narrow": (3, 32, 32), "resnet18": (3, 32, 32)}
+SHAPES = {"digits_mlp": (1, 8, 8), "lenet": (1, 28, 28), "cnn_mnist": (1, 28, 28), "vgg9": (3, 32, 32), "vgg9_narrow": (3, 32, 32), "vgg9_slim": (3, 32, 32), "resnet18": (3, 32, 32)}
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
