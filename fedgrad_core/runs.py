@@ -18,7 +18,8 @@ Bump ``__version__`` (or clear the folder) when a code change alters results.
 
 * ``"local"`` (default): worker processes on this machine, ``workers`` of them (default: one per
   core, at most one per pending run), each limited to ``cores // workers`` torch threads so the
-  cores are used but not oversubscribed;
+  cores are used but not oversubscribed.  Workers are *spawned* (fresh interpreters), so a script
+  that calls ``run_many`` needs the usual ``if __name__ == "__main__":`` guard (notebooks do not);
 * ``"sequential"``: one after the other in this process (what the others must equal);
 * ``"ray"``: Ray tasks (``fedgrad_core.integrations.ray_executor``; ``pip install
   fedgrad-core[ray]``), for a cluster.
