@@ -11,9 +11,9 @@ The ultimate layer is the last fully connected layer, weight ``W`` (classes x fe
 2. **hard filter** (paper 4.3): turns every client's ultimate change into two by-class vectors
    (row sums of the weight change, and the bias change), L2-normalised; builds the two K x K
    cosine-similarity matrices, min-max scales each column (authors' code; the paper scales only
-   the soft filter's scores); keeps, for every ordered pair of client
-   ids, the running mean over the rounds in which both took part; clusters the round's clients in
-   two with KMeans on their rows of both accumulated matrices (length 2K); the cluster holding the
+   the soft filter's scores); keeps, for every ordered pair of client ids, the running mean over
+   the rounds in which both took part; clusters the round's clients in two with KMeans on their
+   rows of both accumulated matrices (length 2K); the cluster holding the
    client with the lowest Krum-style *closeness score* is benign, the other is ``S2``.  The history
    is accumulated from the first round; ``S2`` is used from ``switch_round`` on;
 3. **trust score** (paper 4.4): every client's history starts as ``[0.5]`` (authors' code; the
