@@ -100,7 +100,7 @@ class ChecksumMismatch(ValueError):
         self.path, self.algorithm, self.actual, self.expected = str(path), algorithm, actual, expected
         super().__init__(
             f"{path} is not the original file: its {algorithm} is {actual}, the original's is "
-            f"{expected}. It was not read. To fix: {fix}"
+            f"{expected}. It was not used. To fix: {fix}"
         )
 
 
@@ -108,12 +108,13 @@ def digest_bytes(data: bytes, algorithm: str) -> str:
     return hashlib.new(algorithm, data).hexdigest()
 
 
-def check_digest(path: Path | str, actual: str, key: str, *, fix: str | None = None) -> None:
-    """Raise ``ChecksumMismatch`` unless ``actual`` is the known digest of ``key`` (KNOWN_DIGESTS)."""
+def check_digest(path: Path | str, actual: str, key: str, *, fix: str | None = None, of: str = "") -> None:
+    """Raise ``ChecksumMismatch`` unless ``actual`` is the known digest of ``key`` (KNOWN_DIGESTS);
+    ``of`` says what was hashed when it is not the file itself."""
     algorithm, expected = KNOWN_DIGESTS[key]
     if actual != expected:
         raise ChecksumMismatch(
-            path, algorithm, actual, expected,
+            path, f"{algorithm}{' of ' + of if of else ''}", actual, expected,
             fix or f"replace it with the original {key} (for example from the project's offline copy or "
             "the original download), or unset FEDGRAD_DATA_SOURCE to download it",
         )
@@ -321,7 +322,7 @@ def read_idx(path: Path, key: str | None = None) -> np.ndarray:
     with opener(path, "rb") as fh:
         data = fh.read()
     if key is not None:
-        check_digest(path, digest_bytes(data, KNOWN_DIGESTS[key][0]), key)
+        check_digest(path, digest_bytes(data, KNOWN_DIGESTS[key][0]), key, of="the decompressed IDX bytes")
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise OSError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
