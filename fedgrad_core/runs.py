@@ -11,7 +11,10 @@ atomically (a crashed or parallel writer never leaves half a file).
 Assumptions: a run is a pure function of its configuration and the package version (the
 simulation draws every random number from generators seeded by the config's seed); the data
 *source* is not in the key (the offline lossy CIFAR-10 copy and the original batches would share
-an entry), but every result records the source in ``meta["data_source"]``, and notebooks show it.
+an entry), but every result records the source in ``meta["data_source"]``, and notebooks show it.  Nor is
+the hardware: a run computed on a GPU (or with batched clients, ``client_batching="auto"``) is
+reused on a CPU; such results agree in distribution, not bit for bit, and ``meta`` says where each
+one ran.
 Bump ``__version__`` (or clear the folder) when a code change alters results.
 
 ``run_many(configs, executor=...)`` runs the configurations that are not cached yet, in parallel:
