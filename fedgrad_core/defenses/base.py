@@ -378,7 +378,10 @@ def _copy_state(state: State) -> dict[str, Tensor]:
 
 # --------------------------------------------------------------------------- registry
 
-REGISTRY: Registry[Defense] = Registry("defense", builtin="fedgrad_core.defenses")
+# A plain function (global_state, updates, round_idx) -> Aggregate-like registers as a defense too.
+REGISTRY: Registry[Defense] = Registry(
+    "defense", builtin="fedgrad_core.defenses", adapt="fedgrad_core.defenses.function:defense_factory"
+)
 register = REGISTRY.register
 
 #: Parameters the simulation supplies to every defense whose constructor accepts them.
