@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+# Flower reads this when imported: no usage reports from an offline test machine
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 flwr = pytest.importorskip("flwr", reason='Flower is not installed: pip install -e ".[flower]"')
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
@@ -25,9 +27,6 @@ from fedgrad_core.integrations.flower import (  # noqa: E402
     arrays_to_state,
     state_to_arrays,
 )
-
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # offline machine: no usage reports
-
 
 # --------------------------------------------------------------------------- hand-built replies
 
