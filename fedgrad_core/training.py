@@ -77,7 +77,7 @@ def local_train(
     )
     step = 0
     with torch.random.fork_rng(devices=_cuda_devices(device)):
-        torch.manual_seed(seed_from(generator))  # dropout masks
+        _seed_global(seed_from(generator), device)  # dropout masks
         for _ in range(settings.epochs):
             order = torch.randperm(len(data), generator=generator)
             for start in range(0, len(data), settings.batch_size):
@@ -183,7 +183,7 @@ def local_train_batched(
     lr, mom, wd = settings.lr, settings.momentum, settings.weight_decay
     try:
         with torch.random.fork_rng(devices=_cuda_devices(device)):
-            torch.manual_seed(int(np.random.SeedSequence(seeds).generate_state(1, dtype=np.uint64)[0] >> 2))
+            _seed_global(int(np.random.SeedSequence(seeds).generate_state(1, dtype=np.uint64)[0] >> 2), device)
             for s in range(total_steps):
                 m = active[s]
                 idx = index[s, :m]
@@ -228,6 +228,20 @@ def predict(
         for i in range(0, len(x), batch_size):
             out[i : i + batch_size] = model(x[i : i + batch_size].to(device)).argmax(1).cpu()
     return out
+
+
+def _seed_global(seed: int, device: torch.device | str) -> None:
+    """Seed the global generator(s) that ``device``'s kernels draw dropout masks from.
+
+    The same seeds as ``torch.manual_seed``, without its cost: on a machine with CUDA built in but
+    not initialised, ``torch.manual_seed`` queues a lazy CUDA call that records a stack trace,
+    about 4 ms a call (15% of a small model's local training, measured with cProfile).
+    """
+    torch.default_generator.manual_seed(seed)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            torch.cuda.manual_seed(seed)
 
 
 def _cuda_devices(device: torch.device | str) -> list[int]:
