@@ -94,3 +94,23 @@ def test_figure6_uses_table2s_runs(profile):
     # Figure 6 draws Table 2's runs from the run cache: every setting that defines a run must agree.
     fig6 = {k: v for k, v in PROFILES[profile]["fig6_ba_over_rounds"].items() if k != "smooth"}
     assert fig6 == PROFILES[profile]["table2_edge_case"]
+
+
+@pytest.mark.slow
+def test_text_overrides_as_papermill_cli_gives_them(tmp_path, shared_cache, monkeypatch):
+    # `papermill ... -p defenses '["fedavg", "fedgrad"]'` hands the notebook a string, not a list.
+    papermill = pytest.importorskip("papermill", reason="papermill is in the 'book' extra")
+    monkeypatch.setenv("FEDGRAD_CACHE", str(shared_cache))
+    params = {**PROFILES["smoke"]["table2_edge_case"], "profile": "smoke", "out_dir": str(tmp_path / "results"),
+              "defenses": '["fedavg", "fedgrad"]', "seeds": "[0, 1]", "poisoned_data_rate": '{"digits": null}'}
+
+    papermill.execute_notebook(
+        str(NOTEBOOKS / "table2_edge_case.ipynb"), str(tmp_path / "out.ipynb"), parameters=params,
+        kernel_name="python3", cwd=str(ROOT), progress_bar=False,
+    )
+
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "results" / "table2_edge_case.csv")
+    assert sorted(table["defense"].unique()) == ["fedavg", "fedgrad"]
+    assert sorted(table["seed"].unique()) == [0, 1]
