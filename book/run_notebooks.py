@@ -57,9 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  done in {timings[source.stem]:.0f} s", flush=True)
     total = time.perf_counter() - build_started
     print(f"all notebooks ({args.profile}) in {total:.0f} s", flush=True)
-    (EXECUTED / "timings.json").write_text(
-        json.dumps({"profile": args.profile, "seconds": timings, "total_seconds": round(total, 1)}, indent=1) + "\n"
-    )
+    record = {"profile": args.profile, "seconds": timings, "total_seconds": round(total, 1)}
+    previous = EXECUTED / "timings.json"
+    if args.only and previous.exists():  # a partial rerun keeps the other notebooks' times of this profile
+        old = json.loads(previous.read_text())
+        if old.get("profile") == args.profile:
+            record["seconds"] = {**old.get("seconds", {}), **timings}
+            record["total_seconds"] = round(sum(record["seconds"].values()), 1)
+    previous.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 
