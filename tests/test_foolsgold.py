@@ -188,14 +188,93 @@ def test_ultimate_layer_features_keep_only_the_last_linear_layer():
     updates = [ClientUpdate(i, {k: v + 0.01 * (i + 1) for k, v in state.items()}, 1) for i in range(3)]
     defense.aggregate(state, updates, 0)
     assert defense.history[0].numel() == 64 * 10 + 10
+    assert defense.features == "ultimate"
 
 
-@pytest.mark.parametrize("params", [{"kappa": 0.0}, {"kappa": -1.0}, {"features": "some"},
-                                    {"features": "ultimate"}, {"clip_norm": 0.0},
-                                    {"clip_norm": -1.0}, {"clip_norm": float("nan")}])
-def test_invalid_parameters_raise(params):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("params, message", [
+    ({"kappa": 0.0}, "kappa"), ({"kappa": -1.0}, "kappa"), ({"features": "some"}, "features"),
+    ({"features": "ultimate"}, "model_factory"), ({"clip_norm": 0.0}, "clip_norm"),
+    ({"clip_norm": -1.0}, "clip_norm"), ({"clip_norm": float("nan")}, "clip_norm"),
+])
+def test_invalid_parameters_raise(params, message):
+    with pytest.raises(ValueError, match=message):
         make_defense("foolsgold", **params)
+
+
+def test_function_errors_name_the_problem():
+    with pytest.raises(ValueError, match="kappa"):
+        foolsgold_weights(HAND, kappa=0.0)
+    g = {"w": torch.zeros(3)}
+    updates = [ClientUpdate(i, {"w": HAND[i]}, 1) for i in range(3)]
+    with pytest.raises(ValueError, match="history has 2 rows for 3 updates"):
+        foolsgold(g, updates, HAND[:2])
+
+
+def test_a_history_of_another_size_is_refused():
+    defense = make_defense("foolsgold")
+    defense.history[7] = torch.zeros(5)
+    with pytest.raises(ValueError, match="client 7: history has 5 entries, update has 2"):
+        defense.aggregate({"w": torch.zeros(2)}, [ClientUpdate(7, {"w": torch.ones(2)}, 1)], 0)
+
+
+def test_pairwise_obtuse_histories_are_neither_pardoned_nor_above_weight_one():
+    """i = (-1, -1), j = (1, 0), k = (0, 1): cos_ij = cos_ik = -0.7071, cos_jk = 0, so
+    v = (-0.7071, 0, 0).  Pardoning needs v_i < v_j AND v_j > 0: nobody is pardoned (pardoning
+    i by v_i / 1 would turn -0.7071 * -0.7071 into a similarity of 0.5).  alpha = 1 - max cs =
+    (1.7071, 1, 1) clipped to 1 -> all 1 -> 0.99 -> weight 1 (without the clip, j and k would be
+    rescaled to 1 / 1.7071 = 0.586 -> ln(1.414) + 0.5 = 0.85).
+    """
+    history = torch.tensor([[-1.0, -1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert foolsgold_weights(history).tolist() == [1.0, 1.0, 1.0]
+    # three directions 120 degrees apart and a fourth: every cosine negative, v_0 < v_1 < 0
+    obtuse = torch.tensor([[1.0, 0.0], [-0.5, 0.866], [-0.6, -0.8]])
+    w = foolsgold_weights(obtuse)
+    assert w.tolist() == pytest.approx(_paper_weights_no_negative_pardon(obtuse).tolist(), abs=1e-12)
+
+
+def _paper_weights_no_negative_pardon(history):
+    """Algorithm 1, pardoning only towards clients with v_j > 0 (the division is undefined
+    otherwise), alpha clipped to [0, 1]."""
+    h = history.numpy().astype(np.float64)
+    unit = h / np.linalg.norm(h, axis=1, keepdims=True)
+    cs = unit @ unit.T
+    np.fill_diagonal(cs, 0.0)
+    v = cs.max(axis=1)
+    for i in range(len(h)):
+        for j in range(len(h)):
+            if i != j and v[i] < v[j] and v[j] > 0:
+                cs[i, j] *= v[i] / v[j]
+    alpha = np.clip(1.0 - cs.max(axis=1), 0.0, 1.0)
+    alpha = alpha / alpha.max()
+    alpha[alpha == 1.0] = 0.99
+    with np.errstate(divide="ignore"):
+        return np.clip(np.log(alpha / (1.0 - alpha)) + 0.5, 0.0, 1.0)
+
+
+def test_identical_histories_give_zero_weights_and_keep_the_previous_model():
+    # Prepare: three clients with the same update (1, 2) around the global model (1, 1)
+    g = {"w": torch.tensor([1.0, 1.0])}
+    updates = [ClientUpdate(i, {"w": torch.tensor([2.0, 3.0])}, i + 1) for i in range(3)]
+    history = torch.tensor([[1.0, 2.0]] * 3)
+    # Execute
+    w = foolsgold_weights(history)
+    result = foolsgold(g, updates, history)  # the function itself: no NaN guard around it
+    # Assert
+    assert w.dtype == torch.float64 and w.tolist() == [0.0, 0.0, 0.0]
+    assert result.global_state["w"].tolist() == [1.0, 1.0]
+    assert result.flagged == frozenset({0, 1, 2})
+    assert result.diagnostics["kept_previous_model"] == "every FoolsGold weight is 0"
+
+
+def test_kappa_reaches_the_weights_through_the_function_and_the_class():
+    g = torch.zeros(3)
+    updates = [ClientUpdate(i, {"w": 0.5 * HAND[i]}, 1) for i in range(3)]
+    via_function = foolsgold({"w": g}, updates, HAND, kappa=0.1)
+    via_class = make_defense("foolsgold", kappa=0.1).aggregate({"w": g}, updates, 0)
+    expected = {"0": pytest.approx(0.1 * PARDONED_WEIGHT), "1": pytest.approx(0.1 * PARDONED_WEIGHT),
+                "2": pytest.approx(0.1 * (math.log(99.0) + 0.5))}
+    assert via_function.diagnostics["weights"] == expected
+    assert via_class.diagnostics["weights"] == expected
 
 
 def test_clip_rows_scales_only_rows_above_the_bound():

@@ -102,7 +102,7 @@ def foolsgold_weights(history: Tensor, *, kappa: float = 1.0) -> Tensor:
     # cosines within float64 rounding of 1 are parallel histories: without this, rounding noise
     # of ~1e-16 would be rescaled to weight 1 below
     alpha[alpha < PARALLEL_TOL] = 0.0
-    top = float(alpha.max()) if k else 0.0
+    top = float(alpha.max())  # K >= 1: aggregate() refuses an empty round
     if top <= 0.0:
         return torch.zeros(k, dtype=torch.float64)
     alpha = alpha / top
