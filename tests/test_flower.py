@@ -15,7 +15,7 @@ import torch
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 flwr = pytest.importorskip("flwr", reason='Flower is not installed: pip install -e ".[flower]"')
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.common import Metadata  # noqa: E402
 
 from fedgrad_core.defenses import ClientUpdate, make_defense  # noqa: E402
@@ -24,6 +24,7 @@ from fedgrad_core.integrations.flower import (  # noqa: E402
     FedGradStrategy,
     FoolsGoldStrategy,
     KrumStrategy,
+    MultiKrumStrategy,
     arrays_to_state,
     state_to_arrays,
 )
@@ -163,12 +164,74 @@ def test_a_ready_defense_takes_no_params_and_aggregation_needs_a_global_model():
         strategy.aggregate_train(1, [_reply(n, state, 10) for n in NODES])
 
 
+# --------------------------------------------------------------------------- our Krum and Flower's
+
+
+def compare_krum(seed: int, spread: float, *, k: int = 10, f: int = 2, m: int = 6) -> dict:
+    """Our Krum and Multi-Krum (KrumStrategy, MultiKrumStrategy) and Flower's own (``Krum``,
+    ``MultiKrum`` of ``flwr.serverapp.strategy``) on the same k replies: a global model with N(0, 1)
+    weights (the digits MLP's shapes), k - f clients at N(0, spread^2) around it and f at 20 times
+    that.  Returns the largest difference of the aggregates and whether Flower's selection rule,
+    evaluated in float64, picks the client our Krum picks."""
+    from flwr.serverapp.strategy import Krum, MultiKrum
+
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    template = _digits_model().state_dict()
+    global_state = {n: torch.randn(v.shape, generator=generator) for n, v in template.items()}
+    nodes = [int(x) for x in rng.integers(1, 2**63, size=k)]
+    counts = [int(c) for c in rng.integers(10, 100, size=k)]
+    states = [
+        {n: v + spread * (20.0 if i < f else 1.0) * torch.randn(v.shape, generator=generator) for n, v in global_state.items()}
+        for i in range(k)
+    ]
+    replies = [_reply(n, s, c) for n, s, c in zip(nodes, states, counts)]
+    out = {}
+    for label, ours, theirs in (
+        ("krum", KrumStrategy(template, f=f), Krum(num_malicious_nodes=f)),
+        ("multikrum", MultiKrumStrategy(template, f=f, m=m), MultiKrum(num_malicious_nodes=f, num_nodes_to_select=m)),
+    ):
+        ours.set_global(global_state)
+        a, _ = ours.aggregate_train(1, replies)
+        b, _ = theirs.aggregate_train(1, replies)
+        sa, sb = arrays_to_state(a, template), arrays_to_state(b, template)
+        out[label] = max(float((sa[n] - sb[n]).abs().max()) for n in template)
+        if label == "krum":
+            # Flower's rule (|x|^2 + |y|^2 - 2 x.y on the raw models, n - f - 2 nearest) in float64
+            flat = np.stack([np.concatenate([s[n].numpy().ravel() for n in template]).astype(np.float64) for s in states])
+            sq = (flat**2).sum(axis=1)
+            dist = sq[:, None] + sq[None, :] - 2.0 * flat @ flat.T
+            scores = [np.sort(np.delete(row, i))[: k - f - 2].sum() for i, row in enumerate(dist)]
+            ours_node = ours.node_id_of(ours.last_aggregate.diagnostics["selected"][0])
+            out["float64_same_choice"] = nodes[int(np.argmin(scores))] == ours_node
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_our_krum_and_flowers_agree_when_the_clients_are_well_apart(seed):
+    # Prepare / Execute: updates of 0.1 on weights of 1 (float32 resolves the distances)
+    result = compare_krum(seed, spread=0.1)
+    # Assert: the same client for Krum, the same average up to float32 rounding for Multi-Krum
+    assert result["krum"] == 0.0
+    assert result["multikrum"] < 1e-5
+    assert result["float64_same_choice"]
+
+
+def test_flowers_krum_differs_only_by_its_float32_distances():
+    # Prepare / Execute: updates of 1e-4 on weights of 1: Flower's float32 |x|^2 + |y|^2 - 2 x.y on
+    # the raw models cancels to noise, our float64 Gram of the updates does not
+    results = [compare_krum(seed, spread=1e-4) for seed in range(4)]
+    # Assert: Flower's own rule evaluated in float64 always picks our client
+    assert all(r["float64_same_choice"] for r in results)
+    assert any(r["krum"] > 0.0 for r in results), "the float32 cancellation should show in some seed"
+
+
 # --------------------------------------------------------------------------- Flower's simulation engine
 # The example of book/flower.md: six nodes train a small MLP on shards of scikit-learn's digits;
 # the node with partition id 0 trains on labels all set to 0 and boosts its update (a poisoned
 # model every round).  FedGrad's hard filter starts at round SWITCH_ROUND.
 
-NUM_NODES, NUM_ROUNDS, SWITCH_ROUND, BOOST = 6, 4, 2, 5.0
+NUM_NODES, NUM_ROUNDS, SWITCH_ROUND, BOOST = 6, 3, 2, 5.0
 FLAGGED: dict = {}
 
 
@@ -280,5 +343,21 @@ def test_fedgrad_excludes_the_poisoning_node_in_flowers_simulation_from_switch_r
 
 
 if __name__ == "__main__":
-    noted, seconds = run_digits_example()
-    print(noted, f"{seconds:.1f} s")
+    # python tests/test_flower.py        : the simulated run of book/flower.md
+    # python tests/test_flower.py krum   : the Krum comparison table of book/flower.md
+    import logging
+    import sys
+
+    if sys.argv[1:] == ["krum"]:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+        trials = 30
+        for spread in (1e-1, 1e-3, 1e-4):
+            rows = [compare_krum(seed, spread) for seed in range(trials)]
+            for label in ("krum", "multikrum"):
+                diffs = [r[label] for r in rows]
+                same = sum(d < 1e-5 for d in diffs)
+                print(f"| {spread:g} | {label} | {same}/{trials} | {max(diffs):.2g} |", end="")
+                print(f" {sum(r['float64_same_choice'] for r in rows)}/{trials} |" if label == "krum" else " |")
+    else:
+        noted, seconds = run_digits_example()
+        print(noted, f"{seconds:.1f} s")
