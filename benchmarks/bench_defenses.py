@@ -1,57 +1,62 @@
 """Server cost of every registered defense on synthetic rounds, next to a plain weighted average.
 
 Rounds are synthetic: each client is the global model plus small Gaussian noise (seeded).  For
-each setting (K = 30 with LeNet, 1.2M parameters; K = 10 with VGG-9, 9.2M parameters) it prints
-the median time of ``aggregate`` over ``--repeats`` calls (after one warm-up call), the floor
-(a plain sample-weighted average of the state dicts), the ratio to the floor, and the FedGrad
-authors' own numbers for their code (from shared/reference/authors-code-notes.md: their machine,
-2 CPU cores, 2 torch threads; labelled "theirs").
+LeNet-sized (1.2M parameters) and VGG-9-sized (9.2M) updates and K clients per round it prints
+the median time of ``aggregate`` over ``--repeats`` calls (after one warm-up call; defenses timed
+in alternation, so load from elsewhere hits all alike), and side by side:
 
-    python benchmarks/bench_defenses.py --repeats 5
-    python benchmarks/bench_defenses.py --settings lenet --defenses krum rfa
+* ``x floor``: ours over the floor (a plain in-place sample-weighted average of the state dicts);
+* ``x krum``: ours over Krum's time in the same run (target for FedGrad: <= 1);
+* ``theirs/ours``: the FedGrad authors' own seconds for their code over ours, where they were
+  measured (K = 30 LeNet, K = 10 VGG-9; from shared/reference/authors-code-notes.md: a machine
+  like ours, 2 CPU cores, 2 torch threads; target for FedGrad: >= 10);
+
+then the log-log slope of time against K for every defense (1: linear in K; the pairwise
+defenses' Gram matrix is K^2 d, so slopes above 1 appear where it dominates).  FedGrad runs with
+its hard filter on from round 1 (``switch_round=1``).  DeepSight runs only when named.
+
+    python benchmarks/bench_defenses.py                      # LeNet K=10,30,100; VGG-9 K=10,30
+    python benchmarks/bench_defenses.py --settings lenet --ks 30 --defenses krum fedgrad
+    python benchmarks/bench_defenses.py --vgg-ks 10 30 100   # VGG-9 K=100: 3.7 GB per copy
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import math
 
 import torch
 
+from benchlib import hardware, interleaved_medians
 from fedgrad_core.defenses import ClientUpdate, available_defenses, build_defense
 from fedgrad_core.models import make_model
 
 #: The authors' seconds per call (median of 15) at commit e98a682, from the notes.
 THEIRS = {
-    "lenet": {"floor": 0.010, "fedavg": 0.052, "krum": 0.37, "multikrum": 0.54, "rfa": 0.42,
-              "rlr": 0.28, "foolsgold": 1.06, "flame": 1.17, "fedgrad": 0.46},
-    "vgg9": {"floor": 0.029, "fedavg": 0.12, "krum": 0.51, "multikrum": 0.92, "rfa": 1.80,
-             "rlr": 1.22, "foolsgold": 2.85, "flame": 1.82, "fedgrad": "1.0-1.3"},
+    ("lenet", 30): {"floor": 0.010, "fedavg": 0.052, "krum": 0.37, "multikrum": 0.54, "rfa": 0.42,
+                    "rlr": 0.28, "foolsgold": 1.06, "flame": 1.17, "fedgrad": 0.46},
+    ("vgg9", 10): {"floor": 0.029, "fedavg": 0.12, "krum": 0.51, "multikrum": 0.92, "rfa": 1.80,
+                   "rlr": 1.22, "foolsgold": 2.85, "flame": 1.82, "fedgrad": 1.15},  # theirs: 1.0-1.3 s
 }
-SETTINGS = {"lenet": (30, 1), "vgg9": (10, 3)}  # model: (clients per round, input channels)
+IN_CHANNELS = {"lenet": 1, "vgg9": 3}
 
 
 def synthetic_round(model_name: str, k: int, in_channels: int, seed: int = 0):
     global_state = {
         n: t.detach().clone()
-        for n, t in make_model(
-            model_name, in_channels=in_channels, num_classes=10, seed=seed
-        ).state_dict().items()
+        for n, t in make_model(model_name, in_channels=in_channels, num_classes=10, seed=seed).state_dict().items()
     }
     gen = torch.Generator().manual_seed(seed + 1)
     updates = [
-        ClientUpdate(
-            i,
-            {n: t + 0.001 * torch.randn(t.shape, generator=gen) for n, t in global_state.items()},
-            50 + 10 * i,
-        )
+        ClientUpdate(i, {n: t + 0.001 * torch.randn(t.shape, generator=gen) for n, t in global_state.items()},
+                     50 + 10 * i)
         for i in range(k)
     ]
     return global_state, updates
 
 
 def plain_weighted_average(global_state, updates):
+    """The floor: sum_i (n_i / n) w_i, tensor by tensor, accumulated in place."""
     total = float(sum(u.num_samples for u in updates))
     out = {}
     for name, tensor in global_state.items():
@@ -65,59 +70,67 @@ def plain_weighted_average(global_state, updates):
     return out
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, lazy imports)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def loglog_slope(ks: list[int], seconds: list[float]) -> float:
+    """Least-squares slope of log(seconds) against log(K)."""
+    xs, ys = [math.log(k) for k in ks], [math.log(s) for s in seconds]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def bench_setting(model_name: str, k: int, names: list[str], repeats: int) -> dict[str, float]:
+    in_channels = IN_CHANNELS[model_name]
+    global_state, updates = synthetic_round(model_name, k, in_channels)
+    params = sum(t.numel() for t in global_state.values())
+
+    def factory(model_name=model_name, in_channels=in_channels):
+        return make_model(model_name, in_channels=in_channels, num_classes=10, seed=0)
+
+    context = {"seed": 0, "attacker_fraction": 0.25, "model_factory": factory, "num_classes": 10}
+    variants = {"floor": lambda: plain_weighted_average(global_state, updates)}
+    for name in names:
+        rounds = iter(range(1, 10**6))
+        # FedGrad's hard filter acts from switch_round: measure the full method from round 1.
+        defense_params = {"switch_round": 1} if name == "fedgrad" else {}
+
+        def call(name=name, defense_params=defense_params, rounds=rounds):
+            # construction is cheap for every defense; stateful ones start from an empty history
+            build_defense(name, defense_params, context).aggregate(global_state, updates, next(rounds))
+
+        variants[name] = call
+    t = interleaved_medians(variants, repeats)
+    theirs = THEIRS.get((model_name, k), {})
+    print(f"\n{model_name}: K = {k}, {params / 1e6:.2f}M parameters, median of {repeats}")
+    print(f"{'defense':<12} {'ours (s)':>9} {'x floor':>8} {'x krum':>7} {'theirs (s)':>11} {'theirs/ours':>12}")
+    for name, seconds in t.items():
+        x_krum = f"{seconds / t['krum']:.2f}" if "krum" in t else "-"
+        th = theirs.get(name)
+        print(f"{name:<12} {seconds:>9.4f} {seconds / t['floor']:>8.1f} {x_krum:>7} "
+              f"{th if th is not None else '-':>11} {f'{th / seconds:.1f}' if th else '-':>12}", flush=True)
+    del updates
+    return t
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["lenet", "vgg9"], choices=list(IN_CHANNELS))
+    parser.add_argument("--lenet-ks", "--ks", nargs="+", type=int, default=[10, 30, 100], dest="lenet_ks")
+    parser.add_argument("--vgg-ks", nargs="+", type=int, default=[10, 30])
     parser.add_argument("--defenses", nargs="+", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(hardware())
     # DeepSight runs every local model on 3 x 20,000 noise inputs (its paper's DDifs): minutes per
     # call for 30 LeNets on a CPU, so it is measured only when named with --defenses deepsight.
     names = args.defenses or [n for n in available_defenses() if n != "deepsight"]
-
     for model_name in args.settings:
-        k, in_channels = SETTINGS[model_name]
-        global_state, updates = synthetic_round(model_name, k, in_channels)
-        params = sum(t.numel() for t in global_state.values())
-
-        def factory(model_name=model_name, in_channels=in_channels):
-            return make_model(model_name, in_channels=in_channels, num_classes=10, seed=0)
-
-        context = {"seed": 0, "attacker_fraction": 0.25, "model_factory": factory,
-                   "num_classes": 10}
-        floor = median_seconds(lambda: plain_weighted_average(global_state, updates), args.repeats)
-        theirs = THEIRS[model_name]
-        print(f"\n{model_name}: K = {k}, {params / 1e6:.2f}M parameters, "
-              f"{args.threads} torch threads, median of {args.repeats}")
-        print(f"{'defense':<12} {'ours (s)':>9} {'x floor':>8} {'theirs (s)':>11} {'theirs x floor':>15}")
-        print(f"{'floor':<12} {floor:>9.3f} {1.0:>8.1f} {theirs['floor']:>11} {1.0:>15.1f}")
-        for name in names:
-            round_idx = iter(range(1, 10**6))
-
-            # FedGrad's hard filter acts from switch_round: measure the full method from round 1.
-            params = {"switch_round": 1} if name == "fedgrad" else {}
-
-            def call(name=name, params=params):
-                defense = build_defense(name, params, context)
-                defense.aggregate(global_state, updates, next(round_idx))
-
-            # construction is cheap for every defense; stateful ones start from an empty history
-            seconds = median_seconds(call, args.repeats)
-            t = theirs.get(name, "-")
-            t_ratio = f"{t / theirs['floor']:.1f}" if isinstance(t, float) else "-"
-            print(f"{name:<12} {seconds:>9.3f} {seconds / floor:>8.1f} {t!s:>11} {t_ratio:>15}", flush=True)
+        ks = args.lenet_ks if model_name == "lenet" else args.vgg_ks
+        results = {k: bench_setting(model_name, k, names, args.repeats) for k in ks}
+        if len(ks) >= 2:
+            print(f"\n{model_name}: log-log slope of seconds against K over K = {ks}")
+            for name in ["floor", *names]:
+                print(f"  {name:<12} {loglog_slope(ks, [results[k][name] for k in ks]):.2f}")
 
 
 if __name__ == "__main__":

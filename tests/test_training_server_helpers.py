@@ -32,3 +32,24 @@ def test_gram64_keeps_float64_rows_in_float64():
     diff = (1.0 + 1e-12) - 1.0  # about 1e-12 in float64, exactly 0 after a float32 round trip
     assert gram[1, 1].item() == diff**2 > 0
     assert gram[0, 0].item() == 0.0
+
+
+def test_workspace_reuses_memory_only_when_no_one_holds_the_previous_matrix():
+    from fedgrad_core.defenses.base import release_workspace, workspace
+
+    release_workspace()
+    first = workspace(3, 4)
+    first.fill_(7.0)
+    kept_ptr = first.data_ptr()
+    row = first[1]  # a caller keeps a view of the previous round's matrix
+    del first
+
+    second = workspace(3, 4)  # must not overwrite the view still held
+    second.fill_(1.0)
+    assert second.data_ptr() != kept_ptr and torch.equal(row, torch.full((4,), 7.0))
+
+    ptr = second.data_ptr()
+    del second, row
+    third = workspace(2, 4)  # nothing holds the last one: its memory is reused
+    assert third.data_ptr() == ptr and third.shape == (2, 4)
+    release_workspace()
