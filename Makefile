@@ -11,7 +11,7 @@ export FEDGRAD_DATA_ROOT ?= $(CURDIR)/data
 export FEDGRAD_CACHE ?= $(CURDIR)/cache
 PROFILE ?= smoke
 
-.PHONY: install test test-fast book bench clean mutants
+.PHONY: install test test-fast book bench clean mutants lint
 
 install: $(STAMP)
 
@@ -45,6 +45,13 @@ mutants: $(STAMP)
 	$(BIN)/mutmut results
 	@echo "mutants by status (killed / survived / no tests / timeout ...):"
 	@$(BIN)/mutmut results --all true | awk -F': ' '{print $$NF}' | sort | uniq -c
+
+# Static checks ([tool.ruff] and [tool.mypy] in pyproject.toml; ruff and mypy pinned in the dev extra).
+LINT_PATHS ?= fedgrad_core tests examples benchmarks data_scripts book
+lint: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done

@@ -26,6 +26,7 @@ the other plug-ins keep working.  Registering a name twice in one's own code rai
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.metadata
 import inspect
@@ -315,11 +316,11 @@ class Registry(Generic[T]):
         for module in _env_modules():
             if module not in _TRIED_MODULES:
                 _TRIED_MODULES.add(module)
-                self._load(f"module {module!r} of {PLUGINS_ENV}", lambda m=module: importlib.import_module(m))
+                self._load(f"module {module!r} of {PLUGINS_ENV}", functools.partial(importlib.import_module, module))
         if self.group is None:
             return
         for ep in importlib.metadata.entry_points(group=self.group):
-            self._load(_describe_entry_point(ep), lambda ep=ep: self._load_entry_point(ep))
+            self._load(_describe_entry_point(ep), functools.partial(self._load_entry_point, ep))
 
     def _load_entry_point(self, ep: importlib.metadata.EntryPoint) -> None:
         obj = ep.load()

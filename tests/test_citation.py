@@ -37,4 +37,5 @@ def test_versions_agree():
     version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE).group(1)
 
     assert fedgrad_core.__version__ == version == str(load()["version"])
-    assert re.search(rf"^## \[{re.escape(version)}\]", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.MULTILINE)
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert re.search(rf"^## \[{re.escape(version)}\]", changelog, re.MULTILINE)

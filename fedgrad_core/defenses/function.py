@@ -86,9 +86,10 @@ def as_aggregate(result: Any, name: str, global_state: State) -> Aggregate:
         )
     state = dict(result.global_state)
     if set(state) != set(global_state):
+        missing, unexpected = sorted(set(global_state) - set(state))[:3], sorted(set(state) - set(global_state))[:3]
         raise ValueError(
             f"defense {name!r} returned a global model whose keys differ from the previous one's "
-            f"(missing {sorted(set(global_state) - set(state))[:3]}, unexpected {sorted(set(state) - set(global_state))[:3]})"
+            f"(missing {missing}, unexpected {unexpected})"
         )
     diagnostics = getattr(result, "diagnostics", None)
     if diagnostics is None:
