@@ -259,6 +259,16 @@ class Registry(Generic[T]):
     def factory(self, name: str) -> Callable[..., T]:
         """The factory registered as ``name``.
 
+        Parameters
+        ----------
+        name : str
+            A registered name.
+
+        Returns
+        -------
+        callable
+            What ``make`` calls (for a plain-function defense, the adapted factory).
+
         Raises
         ------
         ValueError
@@ -270,12 +280,35 @@ class Registry(Generic[T]):
         return self._factories[name]
 
     def accepted_params(self, name: str) -> set[str]:
-        """Keyword parameters the factory of ``name`` accepts (``*args``/``**kwargs`` left out)."""
+        """Keyword parameters the factory of ``name`` accepts.
+
+        Parameters
+        ----------
+        name : str
+            A registered name.
+
+        Returns
+        -------
+        set of str
+            The parameter names of the factory's signature, ``*args`` and ``**kwargs`` left out.
+        """
         sig = inspect.signature(self.factory(name))
         return {p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
     def make(self, name: str, **params: Any) -> T:
         """Call the factory of ``name`` with ``params``, after checking their names.
+
+        Parameters
+        ----------
+        name : str
+            A registered name.
+        **params : Any
+            Keyword parameters of the factory.
+
+        Returns
+        -------
+        T
+            What the factory built (a ``Defense``, an ``Attack``, a model...).
 
         Raises
         ------
@@ -295,8 +328,10 @@ class Registry(Generic[T]):
     # ------------------------------------------------------------------ plug-ins
 
     def reload_plugins(self) -> None:
-        """Look for plug-ins again (entry points installed, or ``FEDGRAD_PLUGINS`` set, since the
-        first read); those already registered are left as they are."""
+        """Look for plug-ins again: entry points installed, or ``FEDGRAD_PLUGINS`` set, since the
+        first read.  Plug-ins already registered are left as they are; a failure warns as on the
+        first read.
+        """
         self._plugins_loaded = False
         self._ensure_loaded()
 
