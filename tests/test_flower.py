@@ -314,16 +314,23 @@ def run_digits_example() -> tuple[dict, float]:
     server_app = ServerApp()
     server_app.main()(_server_main)
     FLAGGED.clear()
+    pythonpath = os.environ.get("PYTHONPATH")  # Flower's Ray backend rewrites it for its workers
     started = time.perf_counter()
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=NUM_NODES,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False},
-        },
-    )
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=NUM_NODES,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False},
+            },
+        )
+    finally:
+        if pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = pythonpath
     return dict(FLAGGED), time.perf_counter() - started
 
 
