@@ -39,7 +39,8 @@ def _model() -> torch.nn.Module:
 
 def _reply(node_id: int, state: dict, num_examples: int, *, named: bool = True) -> Message:
     arrays = ArrayRecord(state) if named else ArrayRecord([v.numpy() for v in state.values()])
-    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": num_examples, "loss": float(node_id % 7)})})
+    metrics = MetricRecord({"num-examples": num_examples, "loss": float(node_id % 7)})
+    content = RecordDict({"arrays": arrays, "metrics": metrics})
     metadata = Metadata(
         run_id=1, message_id="", src_node_id=node_id, dst_node_id=0, reply_to_message_id="m",
         group_id="1", created_at=time.time(), ttl=60.0, message_type="train",
@@ -80,7 +81,8 @@ def test_krum_strategy_equals_the_defense_and_flags_node_ids(named):
         global_state, [ClientUpdate(rank[n], s, c) for n, s, c in zip(NODES, states, counts)], 1
     )
     # Execute
-    arrays, metrics = strategy.aggregate_train(1, [_reply(n, s, c, named=named) for n, s, c in zip(NODES, states, counts)])
+    replies = [_reply(n, s, c, named=named) for n, s, c in zip(NODES, states, counts)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
     # Assert: the same global model, flagged indices mapped back to node ids, keys as sent
     got = arrays_to_state(arrays, template.state_dict())
     for key, value in reference.global_state.items():
@@ -111,7 +113,8 @@ def test_stateful_strategies_key_their_history_by_node_id(name, params):
         counts = [10 + 7 * i for i in range(len(nodes))]
         strategy.set_global(global_state)
         # Execute
-        arrays, metrics = strategy.aggregate_train(round_idx, [_reply(n, s, c) for n, s, c in zip(nodes, states, counts)])
+        replies = [_reply(n, s, c) for n, s, c in zip(nodes, states, counts)]
+        arrays, metrics = strategy.aggregate_train(round_idx, replies)
         expected = reference.aggregate(
             global_state, [ClientUpdate(index[n], s, c) for n, s, c in zip(nodes, states, counts)], round_idx
         )
@@ -128,6 +131,22 @@ def test_stateful_strategies_key_their_history_by_node_id(name, params):
     fresh = DefenseStrategy(name, params, template=template)
     fresh.load_state_dict(saved)
     assert fresh.state_dict()["node_ids"] == saved["node_ids"] and fresh.flagged_history == strategy.flagged_history
+
+
+def test_each_named_strategy_wraps_its_defense_with_the_given_parameters():
+    from fedgrad_core.integrations import flower as bridge
+
+    named = {
+        "FedGradStrategy": "fedgrad", "KrumStrategy": "krum", "MultiKrumStrategy": "multikrum",
+        "FoolsGoldStrategy": "foolsgold", "RFAStrategy": "rfa", "RLRStrategy": "rlr",
+        "FlameStrategy": "flame", "DeepSightStrategy": "deepsight",
+    }
+    for cls_name, defense_name in named.items():
+        params = {"num_classes": 3} if defense_name == "deepsight" else {}
+        strategy = getattr(bridge, cls_name)(_model(), fedavg_kwargs={"min_available_nodes": 5}, **params)
+        assert strategy.defense.name == defense_name and strategy.min_available_nodes == 5
+    assert FoolsGoldStrategy(_model(), kappa=2.0).defense.kappa == 2.0
+    assert FedGradStrategy(_model(), switch_round=3).defense.switch_round == 3
 
 
 def test_fedgrad_finds_the_ultimate_layer_of_an_ordered_list():
@@ -181,10 +200,8 @@ def compare_krum(seed: int, spread: float, *, k: int = 10, f: int = 2, m: int = 
     global_state = {n: torch.randn(v.shape, generator=generator) for n, v in template.items()}
     nodes = [int(x) for x in rng.integers(1, 2**63, size=k)]
     counts = [int(c) for c in rng.integers(10, 100, size=k)]
-    states = [
-        {n: v + spread * (20.0 if i < f else 1.0) * torch.randn(v.shape, generator=generator) for n, v in global_state.items()}
-        for i in range(k)
-    ]
+    scales = [spread * (20.0 if i < f else 1.0) for i in range(k)]
+    states = [{n: v + s * torch.randn(v.shape, generator=generator) for n, v in global_state.items()} for s in scales]
     replies = [_reply(n, s, c) for n, s, c in zip(nodes, states, counts)]
     out = {}
     for label, ours, theirs in (
@@ -198,7 +215,8 @@ def compare_krum(seed: int, spread: float, *, k: int = 10, f: int = 2, m: int = 
         out[label] = max(float((sa[n] - sb[n]).abs().max()) for n in template)
         if label == "krum":
             # Flower's rule (|x|^2 + |y|^2 - 2 x.y on the raw models, n - f - 2 nearest) in float64
-            flat = np.stack([np.concatenate([s[n].numpy().ravel() for n in template]).astype(np.float64) for s in states])
+            flat = np.stack([np.concatenate([s[n].numpy().ravel() for n in template]) for s in states])
+            flat = flat.astype(np.float64)
             sq = (flat**2).sum(axis=1)
             dist = sq[:, None] + sq[None, :] - 2.0 * flat @ flat.T
             scores = [np.sort(np.delete(row, i))[: k - f - 2].sum() for i, row in enumerate(dist)]
@@ -236,8 +254,12 @@ FLAGGED: dict = {}
 
 
 def _digits_model() -> torch.nn.Module:
-    torch.manual_seed(0)  # noqa: the example's initial model; the library itself never seeds globally
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    generator = torch.Generator().manual_seed(0)  # the same initial model on every call
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.uniform_(-0.1, 0.1, generator=generator)
+    return model
 
 
 def _shard(partition: int):

@@ -132,8 +132,8 @@ class DefenseStrategy(FedAvg):
     """Flower's ``FedAvg`` with its training aggregation replaced by a ``fedgrad_core`` defense.
 
     ``defense``: a registered name (``fedgrad_core.defenses.available_defenses()``) built with
-    ``build_defense(defense, params, context)``, or a ready ``Defense`` object (then ``params`` and
-    ``context`` must be empty).  ``template``: the model or its state dict, giving the arrays'
+    ``build_defense(defense, params, context)``, or a ready ``Defense`` object (then ``params`` must be
+    empty and ``context`` is not used).  ``template``: the model or its state dict, giving the arrays'
     names, shapes and dtypes.  When ``template`` is a model, ``context`` gets a ``model_factory``
     (copies of it) unless it names one.  Further keyword arguments go to Flower's ``FedAvg``
     (``fraction_train``, ``min_available_nodes``, ``weighted_by_key``...).
@@ -230,7 +230,7 @@ class DefenseStrategy(FedAvg):
             updates.append(
                 ClientUpdate(
                     self.client_index(node),
-                    arrays_to_state(content[record_key], self.template),
+                    arrays_to_state(content.array_records[record_key], self.template),
                     _sample_count(metrics[self.weighted_by_key], node),
                 )
             )
