@@ -193,7 +193,7 @@ def test_ultimate_layer_features_keep_only_the_last_linear_layer():
 
 @pytest.mark.parametrize("params, message", [
     ({"kappa": 0.0}, "kappa"), ({"kappa": -1.0}, "kappa"), ({"features": "some"}, "features"),
-    ({"features": "ultimate"}, "model_factory"), ({"clip_norm": 0.0}, "clip_norm"),
+    ({"features": "ultimate"}, "^features='ultimate' needs model_factory"), ({"clip_norm": 0.0}, "clip_norm"),
     ({"clip_norm": -1.0}, "clip_norm"), ({"clip_norm": float("nan")}, "clip_norm"),
 ])
 def test_invalid_parameters_raise(params, message):
@@ -217,38 +217,17 @@ def test_a_history_of_another_size_is_refused():
         defense.aggregate({"w": torch.zeros(2)}, [ClientUpdate(7, {"w": torch.ones(2)}, 1)], 0)
 
 
-def test_pairwise_obtuse_histories_are_neither_pardoned_nor_above_weight_one():
-    """i = (-1, -1), j = (1, 0), k = (0, 1): cos_ij = cos_ik = -0.7071, cos_jk = 0, so
-    v = (-0.7071, 0, 0).  Pardoning needs v_i < v_j AND v_j > 0: nobody is pardoned (pardoning
-    i by v_i / 1 would turn -0.7071 * -0.7071 into a similarity of 0.5).  alpha = 1 - max cs =
-    (1.7071, 1, 1) clipped to 1 -> all 1 -> 0.99 -> weight 1 (without the clip, j and k would be
-    rescaled to 1 / 1.7071 = 0.586 -> ln(1.414) + 0.5 = 0.85).
+def test_the_diagonal_counts_as_zero_so_an_obtuse_client_keeps_weight_one():
+    """i = (-1, -1), j = (1, 0), k = (0, 1): cos_ij = cos_ik = -0.7071, cos_jk = 0.  The diagonal
+    counts as 0 in v_i = max_j cs_ij (the original code subtracts the identity), so v = (0, 0, 0):
+    nobody is pardoned, alpha = (1, 1, 1) -> 0.99 -> weight 1 for all.  (Leaving the diagonal out
+    would give v_i = -0.7071, alpha_i = 1.7071 and, rescaled, j and k 1 / 1.7071 = 0.586 -> 0.85.)
+    Because v >= 0, alpha = 1 - max cs <= 1 always.
     """
     history = torch.tensor([[-1.0, -1.0], [1.0, 0.0], [0.0, 1.0]])
     assert foolsgold_weights(history).tolist() == [1.0, 1.0, 1.0]
-    # three directions 120 degrees apart and a fourth: every cosine negative, v_0 < v_1 < 0
-    obtuse = torch.tensor([[1.0, 0.0], [-0.5, 0.866], [-0.6, -0.8]])
-    w = foolsgold_weights(obtuse)
-    assert w.tolist() == pytest.approx(_paper_weights_no_negative_pardon(obtuse).tolist(), abs=1e-12)
-
-
-def _paper_weights_no_negative_pardon(history):
-    """Algorithm 1, pardoning only towards clients with v_j > 0 (the division is undefined
-    otherwise), alpha clipped to [0, 1]."""
-    h = history.numpy().astype(np.float64)
-    unit = h / np.linalg.norm(h, axis=1, keepdims=True)
-    cs = unit @ unit.T
-    np.fill_diagonal(cs, 0.0)
-    v = cs.max(axis=1)
-    for i in range(len(h)):
-        for j in range(len(h)):
-            if i != j and v[i] < v[j] and v[j] > 0:
-                cs[i, j] *= v[i] / v[j]
-    alpha = np.clip(1.0 - cs.max(axis=1), 0.0, 1.0)
-    alpha = alpha / alpha.max()
-    alpha[alpha == 1.0] = 0.99
-    with np.errstate(divide="ignore"):
-        return np.clip(np.log(alpha / (1.0 - alpha)) + 0.5, 0.0, 1.0)
+    obtuse = torch.tensor([[1.0, 0.0], [-0.5, 0.866], [-0.6, -0.8]])  # every cosine negative
+    assert foolsgold_weights(obtuse).tolist() == pytest.approx(_paper_weights(obtuse, 1.0).tolist())
 
 
 def test_identical_histories_give_zero_weights_and_keep_the_previous_model():
