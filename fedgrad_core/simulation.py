@@ -208,8 +208,10 @@ def run_round(
 
 
 #: Models whose honest clients train faster batched (``local_train_batched``) than one by one, per
-#: device type; measured with benchmarks/bench_training.py (2-core CPU: the small CNN and the MLP
-#: win, LeNet's and VGG-9's large convolutions run slower as vmapped grouped convolutions).
+#: device type; measured with benchmarks/bench_training.py on a shared 2-core CPU (benchmarks/
+#: RESULTS.md), batched time over sequential: digits_mlp 0.3-0.6x, cnn_mnist 0.7x with 2 threads
+#: (1.0x with 1), LeNet 1.7x and VGG-9 2.2x (their large convolutions run slower as the grouped
+#: convolutions vmap makes of them).
 BATCHED_BY_DEFAULT: dict[str, frozenset[str]] = {
     "cpu": frozenset({"digits_mlp", "cnn_mnist"}),
     # Not measured here (no GPU lent): on a GPU one vmapped step of K small models fills the device
