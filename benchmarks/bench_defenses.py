@@ -92,9 +92,12 @@ def bench_setting(model_name: str, k: int, names: list[str], repeats: int) -> di
         # FedGrad's hard filter acts from switch_round: measure the full method from round 1.
         defense_params = {"switch_round": 1} if name == "fedgrad" else {}
 
-        def call(name=name, defense_params=defense_params, rounds=rounds):
-            # construction is cheap for every defense; stateful ones start from an empty history
-            build_defense(name, defense_params, context).aggregate(global_state, updates, next(rounds))
+        # Built once, as in a run (FedGrad's construction builds a model to learn its parameter
+        # names: not a per-round cost); stateful defenses see the same clients round after round.
+        defense = build_defense(name, defense_params, context)
+
+        def call(defense=defense, rounds=rounds):
+            defense.aggregate(global_state, updates, next(rounds))
 
         variants[name] = call
     t = interleaved_medians(variants, repeats)
