@@ -104,3 +104,51 @@ def test_f_shrinks_when_non_finite_updates_leave_too_few():
     assert result.diagnostics["f_reduced_to"] == 0
     assert 4 in result.flagged
     assert torch.isfinite(result.global_state["w"]).all()
+
+
+def test_two_finite_updates_keep_the_previous_global_model():
+    # Prepare: three clients, one sends NaN -> 2 finite updates, too few for any Krum score
+    global_state = {"w": torch.tensor([5.0])}
+    updates = [
+        ClientUpdate(0, {"w": torch.tensor([1.0])}, 1),
+        ClientUpdate(1, {"w": torch.tensor([2.0])}, 1),
+        ClientUpdate(2, {"w": torch.tensor([float("nan")])}, 1),
+    ]
+    # Execute
+    result = make_defense("krum", f=0).aggregate(global_state, updates, round_idx=0)
+    # Assert: the global model unchanged (a copy), only the NaN client flagged
+    assert result.global_state["w"].tolist() == [5.0]
+    assert result.global_state["w"] is not global_state["w"]
+    assert result.flagged == frozenset({2})
+    assert result.diagnostics["kept_previous_model"] == "Krum needs at least 3 finite updates, got 2"
+
+
+def test_three_finite_updates_with_f_zero_run_krum():
+    # n = 3, f = 0: one neighbour each; points 0, 1, 5 -> scores 1, 1, 16; tie 0/1 -> lower id 0
+    global_state, updates = _round([0, 1, 5], ids=range(3), samples=[1] * 3)
+    result = make_defense("krum", f=0).aggregate(global_state, updates, round_idx=0)
+    assert result.global_state["w"].item() == 0.0
+    assert result.diagnostics["selected"] == [0]
+    assert "kept_previous_model" not in result.diagnostics
+
+
+def test_class_uses_its_explicit_f_not_the_attacker_fraction():
+    # n = 5 with f = 0 (attacker_fraction 0.25 would give f = 1): 3 nearest neighbours.
+    # Points 0, 1, 2, 3, 20: scores 1+4+9=14, 1+1+4=6, 1+1+4=6, 1+4+9=14, 17^2+18^2+19^2=974
+    global_state, updates = _round([0, 1, 2, 3, 20], ids=range(5), samples=[1] * 5)
+    result = make_defense("krum", f=0).aggregate(global_state, updates, round_idx=0)
+    assert result.diagnostics["f"] == 0
+    assert result.diagnostics["scores"]["0"] == 14.0
+    assert result.diagnostics["scores"]["4"] == 974.0
+
+
+@pytest.mark.parametrize("n, f, f_used", [(5, 1, 1), (7, 2, 2), (6, 2, 1), (8, 3, 2)])
+def test_f_shrinks_only_when_n_is_at_most_2f_plus_2(n, f, f_used):
+    # the largest admissible f for n finite updates is (n - 3) // 2
+    global_state, updates = _round(range(n), ids=range(n), samples=[1] * n)
+    result = make_defense("multikrum", f=f).aggregate(global_state, updates, round_idx=0)
+    assert result.diagnostics["f"] == f_used
+    if f_used == f:
+        assert "f_reduced_to" not in result.diagnostics
+    else:
+        assert result.diagnostics["f_reduced_to"] == f_used

@@ -286,3 +286,45 @@ def test_which_objects_count_as_aggregation_rules():
     assert not is_aggregation_rule(factory)
     assert not is_aggregation_rule(two)
     assert not is_aggregation_rule(defaulted)
+
+
+def test_plain_function_receives_the_round_index(clean_defenses):
+    @register("echo_round")
+    def rule(global_state, updates, round_idx):
+        return Aggregate(dict(global_state), diagnostics={"round": round_idx})
+
+    g = {"w": torch.tensor([1.0])}
+    out = make_defense("echo_round").aggregate(g, [ClientUpdate(0, {"w": torch.tensor([2.0])}, 1)], round_idx=4)
+    assert out.diagnostics == {"round": 4}
+
+
+def test_plain_function_error_messages_in_full(clean_defenses):
+    # Prepare: a rule returning a dict, one whose model has 4 missing and 4 unexpected keys (the
+    # message names the first 3 of each, sorted), and one whose diagnostics are a list
+    @register("returns_none")
+    def rule(global_state, updates, round_idx):
+        return None
+
+    @register("wrong_keys")
+    def rule2(global_state, updates, round_idx):
+        return Aggregate({k: torch.zeros(1) for k in ("x", "y", "z", "zz")})
+
+    @register("list_diagnostics")
+    def rule3(global_state, updates, round_idx):
+        return SimpleNamespace(global_state=dict(global_state), flagged=[], diagnostics=["a"])
+
+    g = {k: torch.tensor([1.0]) for k in ("a", "b", "c", "d")}
+    ups = [ClientUpdate(0, {k: torch.tensor([2.0]) for k in g}, 1)]
+    # Execute / Assert
+    with pytest.raises(TypeError) as err:
+        make_defense("returns_none").aggregate(g, ups, 1)
+    assert str(err.value) == (
+        "defense 'returns_none' returned a NoneType without ['global_state', 'flagged']; return an "
+        "Aggregate (fedgrad_core.defenses.Aggregate) or an object with .global_state and .flagged"
+    )
+    with pytest.raises(ValueError) as err:
+        make_defense("wrong_keys").aggregate(g, ups, 1)
+    assert str(err.value).endswith("(missing ['a', 'b', 'c'], unexpected ['x', 'y', 'z'])")
+    with pytest.raises(TypeError) as err:
+        make_defense("list_diagnostics").aggregate(g, ups, 1)
+    assert str(err.value) == "defense 'list_diagnostics': diagnostics must be a dict, got list"

@@ -67,3 +67,66 @@ def test_validate_rejects_a_threshold_above_k():
 def test_function_rejects_a_threshold_above_k():
     with pytest.raises(ValueError, match="threshold"):
         rlr({"w": torch.zeros(1)}, _updates([[1.0], [2.0]]), threshold=3)
+
+
+def test_function_defaults_to_server_lr_one_and_reports_it():
+    # Prepare: global model 2, updates +1 and +3 with samples 1 and 3 -> weighted mean (1 + 9) / 4
+    global_state = {"w": torch.tensor([2.0])}
+    # Execute
+    result = rlr(global_state, _updates([[3.0], [5.0]], samples=[1, 3]))
+    # Assert: g + 1.0 * 2.5
+    assert result.global_state["w"].item() == pytest.approx(4.5)
+    assert result.diagnostics["server_lr"] == 1.0
+
+
+@pytest.mark.parametrize("server_lr, rows, fraction", [
+    (0.02, [[1.0], [2.0]], 0.0),  # all agree: a positive lr below 1 is not a reversal
+    (1.0, [[1.0], [-2.0]], 1.0),  # one coordinate, reversed: the share is 1 / 1
+])
+def test_reversed_fraction_counts_negative_learning_rates(server_lr, rows, fraction):
+    result = rlr({"w": torch.zeros(1)}, _updates(rows), threshold=2, server_lr=server_lr)
+    assert result.diagnostics["reversed_fraction"] == fraction
+    assert result.diagnostics["server_lr"] == server_lr
+
+
+@pytest.mark.parametrize("frac", [1.0, 1.5, -0.1])
+def test_default_threshold_rejects_a_fraction_outside_0_1(frac):
+    with pytest.raises(ValueError, match=rf"^attacker_fraction must be in \[0, 1\), got {frac}$"):
+        default_threshold(10, frac)
+
+
+def test_zero_attacker_fraction_is_allowed_and_gives_threshold_one():
+    defense = make_defense("rlr", attacker_fraction=0.0)
+    defense.validate(4)
+    result = defense.aggregate({"w": torch.zeros(1)}, _updates([[1.0], [-1.0], [2.0]]), round_idx=0)
+    assert result.diagnostics["threshold"] == 1
+
+
+def test_validate_with_the_default_threshold_and_message():
+    make_defense("rlr").validate(10)  # theta = 3 <= 10
+    with pytest.raises(ValueError, match="^RLR's threshold 5 exceeds the 4 clients per round: every coordinate "
+                       "would be reversed$"):
+        make_defense("rlr", threshold=5).validate(4)
+
+
+def test_class_passes_its_threshold_and_server_lr():
+    # Prepare: K = 4, attacker_fraction 0.5 -> theta = 3 (the function's default would be 2);
+    # coordinate signs + + + - -> agreement 2 < 3 -> reversed.  Mean update (1+1+1-1)/4 = 0.5.
+    global_state = {"w": torch.tensor([1.0])}
+    rows = [[2.0], [2.0], [2.0], [0.0]]
+    # Execute
+    result = make_defense("rlr", attacker_fraction=0.5, server_lr=0.5).aggregate(global_state, _updates(rows), 0)
+    # Assert: 1 - 0.5 * 0.5
+    assert result.diagnostics["threshold"] == 3
+    assert result.global_state["w"].item() == pytest.approx(0.75)
+    assert "threshold_clamped_from" not in result.diagnostics
+
+
+@pytest.mark.parametrize("threshold, clamped", [(3, None), (4, 4)])
+def test_threshold_is_clamped_when_non_finite_updates_leave_fewer_than_theta(threshold, clamped):
+    # 4 clients, one sends NaN -> K = 3 finite updates, all agreeing
+    rows = [[1.0], [2.0], [3.0], [float("nan")]]
+    result = make_defense("rlr", threshold=threshold).aggregate({"w": torch.zeros(1)}, _updates(rows), 0)
+    assert result.diagnostics["threshold"] == 3
+    assert result.diagnostics.get("threshold_clamped_from") == clamped
+    assert result.global_state["w"].item() == pytest.approx(2.0)
