@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedgrad_core.defenses import ClientUpdate, make_defense
-from fedgrad_core.defenses.krum import krum, krum_scores
+from fedgrad_core.defenses.krum import krum, krum_scores, krum_select
 
 
 def _round(values, ids, samples):
@@ -152,3 +152,35 @@ def test_f_shrinks_only_when_n_is_at_most_2f_plus_2(n, f, f_used):
         assert "f_reduced_to" not in result.diagnostics
     else:
         assert result.diagnostics["f_reduced_to"] == f_used
+
+
+def test_function_defaults_to_attacker_fraction_one_quarter():
+    # n = 5 and no f: f = int(0.25 * 5) = 1 -> 2 nearest neighbours, as in the first test
+    global_state, updates = _round([0, 1, 2, 3, 20], ids=range(5), samples=[1] * 5)
+    result = krum(global_state, updates)
+    assert result.diagnostics["f"] == 1
+    assert result.diagnostics["scores"]["4"] == 613.0
+
+
+def test_a_tie_among_many_clients_goes_to_the_lowest_id():
+    # Prepare: 17 identical models (every score 0), given in reverse id order; 17 is enough for an
+    # unstable sort to reorder ties
+    global_state, updates = _round([1.0] * 17, ids=range(16, -1, -1), samples=[1] * 17)
+    # Execute
+    result = make_defense("krum", f=1).aggregate(global_state, updates, round_idx=0)
+    # Assert
+    assert result.diagnostics["selected"] == [0]
+    assert result.flagged == frozenset(range(1, 17))
+
+
+def test_multikrum_may_select_every_client():
+    # m = n = 5: the sample-weighted mean of all five, (0 + 1 + 2 + 3 + 20 * 4) / 8
+    global_state, updates = _round([0, 1, 2, 3, 20], ids=range(5), samples=[1, 1, 1, 1, 4])
+    result = make_defense("multikrum", m=5).aggregate(global_state, updates, round_idx=0)
+    assert result.global_state["w"].item() == pytest.approx(86 / 8)
+    assert result.flagged == frozenset()
+
+
+def test_krum_select_rejects_m_outside_1_n():
+    with pytest.raises(ValueError, match=r"^Multi-Krum's m must be in \[1, n = 5\], got 6$"):
+        krum_select(torch.zeros(5, 1), range(5), f=1, m=6)

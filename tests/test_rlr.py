@@ -130,3 +130,29 @@ def test_threshold_is_clamped_when_non_finite_updates_leave_fewer_than_theta(thr
     assert result.diagnostics["threshold"] == 3
     assert result.diagnostics.get("threshold_clamped_from") == clamped
     assert result.global_state["w"].item() == pytest.approx(2.0)
+
+
+def test_robust_lr_defaults_to_one_and_keeps_the_dtype():
+    deltas = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    lr = robust_lr(deltas, threshold=2)
+    assert lr.dtype == torch.float64
+    assert lr.tolist() == [1.0, -1.0]
+
+
+def test_robust_lr_error_messages():
+    deltas = torch.ones(2, 1)
+    with pytest.raises(ValueError, match=r"^RLR's threshold must be in \[1, K = 2\], got 3 \(a threshold above K "
+                       r"would reverse every coordinate\)$"):
+        robust_lr(deltas, threshold=3)
+    with pytest.raises(ValueError, match=r"^server_lr must be > 0, got 0.0$"):
+        robust_lr(deltas, threshold=1, server_lr=0.0)
+
+
+def test_class_error_messages_and_threshold_one():
+    with pytest.raises(ValueError, match=r"^attacker_fraction must be in \[0, 1\), got 1.0$"):
+        make_defense("rlr", attacker_fraction=1.0)
+    with pytest.raises(ValueError, match=r"^threshold must be an integer >= 1, got 0$"):
+        make_defense("rlr", threshold=0)
+    with pytest.raises(ValueError, match=r"^server_lr must be > 0, got -1.0$"):
+        make_defense("rlr", server_lr=-1.0)
+    assert make_defense("rlr", threshold=1).threshold == 1
