@@ -641,9 +641,11 @@ class FedGrad(Defense):
             layout = Layout.of(global_state)
             if rows is None:
                 rows = stack_states([u for u, ok in zip(updates, keep) if ok], layout)
+                kept_weights = weights[torch.from_numpy(keep)]
             else:
-                rows = rows[torch.from_numpy(keep)]
-            new_state = layout.unflatten(weighted_average(rows, weights[torch.from_numpy(keep)]), global_state)
+                # weight 0 for the dropped rows (all finite): no K' x d copy of the kept ones
+                kept_weights = torch.where(torch.from_numpy(keep), weights, torch.zeros_like(weights))
+            new_state = layout.unflatten(weighted_average(rows, kept_weights), global_state)
         else:
             new_state = {name: t.detach().clone() for name, t in global_state.items()}
 
