@@ -184,3 +184,18 @@ def test_multikrum_may_select_every_client():
 def test_krum_select_rejects_m_outside_1_n():
     with pytest.raises(ValueError, match=r"^Multi-Krum's m must be in \[1, n = 5\], got 6$"):
         krum_select(torch.zeros(5, 1), range(5), f=1, m=6)
+
+
+def test_krum_keeps_the_global_models_integer_buffers():
+    # Prepare: an integer buffer (like BatchNorm's num_batches_tracked) that differs per client
+    global_state = {"w": torch.tensor([0.5]), "count": torch.tensor(7)}
+    updates = [
+        ClientUpdate(i, {"w": torch.tensor([float(v)]), "count": torch.tensor(100 + i)}, 1)
+        for i, v in enumerate([0, 1, 2, 3, 20])
+    ]
+    # Execute
+    result = make_defense("krum").aggregate(global_state, updates, round_idx=0)
+    # Assert: the float weights are the chosen client's (id 1: scores tie with id 2), the buffer the global's
+    assert result.global_state["w"].item() == 1.0
+    assert result.global_state["count"].item() == 7
+    assert result.diagnostics["m"] == 1

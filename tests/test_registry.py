@@ -3,7 +3,9 @@ broken plug-ins, and a plain aggregation function registered as a defense (fast 
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import inspect
 import sys
 import textwrap
 from types import SimpleNamespace
@@ -328,3 +330,32 @@ def test_plain_function_error_messages_in_full(clean_defenses):
     with pytest.raises(TypeError) as err:
         make_defense("list_diagnostics").aggregate(g, ups, 1)
     assert str(err.value) == "defense 'list_diagnostics': diagnostics must be a dict, got list"
+
+
+def test_plain_function_factory_signature_and_names(clean_defenses):
+    # Prepare: a rule with a positional-or-keyword parameter and **options, and a functools.partial
+    # (no __name__) registered under another name
+    def rule(global_state, updates, round_idx, threshold=0.5, **options):
+        return Aggregate(dict(global_state), diagnostics={"threshold": threshold, **options})
+
+    def scaled(global_state, updates, round_idx, *, scale):
+        return Aggregate({k: v * scale for k, v in global_state.items()})
+
+    register("with_options")(rule)
+    register("partial_rule")(functools.partial(scaled, scale=2.0))
+    # Execute
+    factory = REGISTRY.factory("with_options")
+    params = inspect.signature(factory).parameters
+    # Assert: the extra parameters are keyword-only, **options stays a catch-all
+    assert [(p.name, p.kind) for p in params.values()] == [
+        ("threshold", inspect.Parameter.KEYWORD_ONLY), ("options", inspect.Parameter.VAR_KEYWORD)]
+    assert inspect.signature(factory).return_annotation is FunctionDefense
+    assert accepted_params("with_options") == {"threshold"}
+    assert factory.__name__ == "rule" and factory.__qualname__.endswith("rule")
+    g = {"w": torch.tensor([1.5])}
+    ups = [ClientUpdate(0, {"w": torch.tensor([2.0])}, 1)]
+    out = make_defense("with_options", threshold=0.25, colour="red").aggregate(g, ups, 0)
+    assert out.diagnostics == {"threshold": 0.25, "colour": "red"}
+    partial_factory = REGISTRY.factory("partial_rule")
+    assert partial_factory.__name__ == "partial_rule" and partial_factory.__qualname__ == "partial_rule"
+    assert make_defense("partial_rule").aggregate(g, ups, 0).global_state["w"].item() == 3.0
