@@ -109,7 +109,6 @@ def bench_setting(model_name: str, k: int, names: list[str], repeats: int) -> di
         th = theirs.get(name)
         print(f"{name:<12} {seconds:>9.4f} {seconds / t['floor']:>8.1f} {x_krum:>7} "
               f"{th if th is not None else '-':>11} {f'{th / seconds:.1f}' if th else '-':>12}", flush=True)
-    del updates
     return t
 
 

@@ -20,6 +20,7 @@ table times evaluation (``training.predict``) at several batch sizes.
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -93,9 +94,13 @@ def bench_eval(name: str, repeats: int, n: int = 2048) -> None:
     shape = SETTINGS[name][0]
     model = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
     x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(1))
-    sizes = (64, 256, 1000)
-    t = interleaved_medians({bs: (lambda bs=bs: predict(model, x, batch_size=bs)) for bs in sizes}, repeats)
-    print(f"{name:<11} " + " ".join(f"{n / t[bs]:>9.0f}" for bs in sizes), flush=True)
+    sizes = (64, 128, 256, 1000)
+
+    def evaluate(bs: int) -> Callable[[], object]:
+        return lambda: predict(model, x, batch_size=bs)
+
+    t = interleaved_medians({str(bs): evaluate(bs) for bs in sizes}, repeats)
+    print(f"{name:<11} " + " ".join(f"{n / t[str(bs)]:>9.0f}" for bs in sizes), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{sorted(BATCHED_BY_DEFAULT['cpu'])})")
     if not args.no_eval:
         print("\nevaluation (training.predict under inference_mode), samples/s by batch size")
-        print(f"{'model':<11} {'64':>9} {'256':>9} {'1000':>9}")
+        print(f"{'model':<11} {'64':>9} {'128':>9} {'256':>9} {'1000':>9}")
         for name in args.models:
             bench_eval(name, args.repeats)
 

@@ -14,8 +14,9 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
-EXPERIMENTS = {
+EXPERIMENTS: dict[str, dict[str, Any]] = {
     "mnist": dict(dataset="mnist", num_clients=100, attack="blackbox", eval_every=1),
     "digits": dict(dataset="digits", attack="blackbox", eval_every=1),
     # 2,000 clients: 25 CIFAR images each (a reduced round); the last round evaluates
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         times: list[float] = []
         run_round = sim.run_round
 
-        def timed(*a, **k):
+        def timed(*a, times=times, run_round=run_round, **k):
             start = time.perf_counter()
             record = run_round(*a, **k)
             times.append(time.perf_counter() - start)
