@@ -62,3 +62,33 @@ def test_only_non_finite_updates_keep_the_previous_model():
 def test_unknown_defense_lists_the_valid_names():
     with pytest.raises(ValueError, match=r"unknown defense 'nope'; choose one of \[.*'fedavg'.*\]"):
         make_defense("nope")
+
+
+def test_fedavg_takes_integer_buffers_from_the_global_model_whatever_their_position():
+    # Prepare: the integer buffer comes first in the state dict, float weights after it
+    global_state = {"count": torch.tensor(7), "w": torch.tensor([1.0])}
+    updates = [ClientUpdate(i, {"count": torch.tensor(100 + i), "w": torch.tensor([v])}, n)
+               for i, (v, n) in enumerate([(2.0, 1), (5.0, 3)])]
+    # Execute
+    out = make_defense("fedavg").aggregate(global_state, updates, 0).global_state
+    # Assert: (2 * 1 + 5 * 3) / 4
+    assert out["count"].item() == 7
+    assert out["w"].item() == pytest.approx(17 / 4)
+
+
+def test_fedavg_accumulates_half_precision_in_float32_and_returns_half():
+    # 7/3 in float32 rounds to float16's 2.333984375; accumulating in float16 gives 2.33203125
+    global_state = {"w": torch.zeros(1, dtype=torch.float16)}
+    updates = [ClientUpdate(i, {"w": torch.tensor([v], dtype=torch.float16)}, 1) for i, v in enumerate([1.0, 2.0, 4.0])]
+    out = make_defense("fedavg").aggregate(global_state, updates, 0).global_state["w"]
+    assert out.dtype == torch.float16
+    assert out.item() == 2.333984375
+
+
+def test_fedavg_keeps_float64_models_in_float64():
+    # (0.1 + 0.3 + 0.3) / 3 in float64; float32 accumulation would be off by ~1e-8
+    global_state = {"w": torch.zeros(1, dtype=torch.float64)}
+    updates = [ClientUpdate(i, {"w": torch.tensor([v], dtype=torch.float64)}, 1) for i, v in enumerate([0.1, 0.3, 0.3])]
+    out = make_defense("fedavg").aggregate(global_state, updates, 0).global_state["w"]
+    assert out.dtype == torch.float64
+    assert abs(out.item() - 0.7 / 3) < 1e-15

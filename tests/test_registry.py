@@ -336,6 +336,7 @@ def test_plain_function_factory_signature_and_names(clean_defenses):
     # Prepare: a rule with a positional-or-keyword parameter and **options, and a functools.partial
     # (no __name__) registered under another name
     def rule(global_state, updates, round_idx, threshold=0.5, **options):
+        """Echo the parameters."""
         return Aggregate(dict(global_state), diagnostics={"threshold": threshold, **options})
 
     def scaled(global_state, updates, round_idx, *, scale):
@@ -352,6 +353,7 @@ def test_plain_function_factory_signature_and_names(clean_defenses):
     assert inspect.signature(factory).return_annotation is FunctionDefense
     assert accepted_params("with_options") == {"threshold"}
     assert factory.__name__ == "rule" and factory.__qualname__.endswith("rule")
+    assert factory.rule is rule and factory.__doc__ == "Echo the parameters."
     g = {"w": torch.tensor([1.5])}
     ups = [ClientUpdate(0, {"w": torch.tensor([2.0])}, 1)]
     out = make_defense("with_options", threshold=0.25, colour="red").aggregate(g, ups, 0)
@@ -359,3 +361,8 @@ def test_plain_function_factory_signature_and_names(clean_defenses):
     partial_factory = REGISTRY.factory("partial_rule")
     assert partial_factory.__name__ == "partial_rule" and partial_factory.__qualname__ == "partial_rule"
     assert make_defense("partial_rule").aggregate(g, ups, 0).global_state["w"].item() == 3.0
+
+
+def test_callables_without_a_signature_are_not_aggregation_rules():
+    # builtins such as max have no inspectable signature
+    assert not is_aggregation_rule(max)
