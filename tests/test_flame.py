@@ -129,3 +129,34 @@ def test_single_client_is_the_no_cluster_fallback_and_is_clipped_to_its_own_norm
     assert result.diagnostics["fallback"] == "no cluster"
     assert result.diagnostics["median_norm"] == pytest.approx(5.0)
     assert result.global_state["w"].tolist() == pytest.approx([4.0, 5.0])
+
+
+def test_round_generator_depends_on_the_seed_within_a_round():
+    a = torch.randn(3, generator=round_generator(1, 2))
+    assert not torch.equal(a, torch.randn(3, generator=round_generator(2, 2)))
+    assert not torch.equal(a, torch.randn(3, generator=round_generator(0, 2)))
+
+
+def test_class_defaults_to_seed_zero():
+    rows = BENIGN + ATTACK
+    result = make_defense("flame").aggregate({"w": torch.zeros(2)}, _updates(rows), round_idx=5)
+    expected = flame({"w": torch.zeros(2)}, _updates(rows), noise_factor=0.001, generator=round_generator(0, 5))
+    assert torch.equal(result.global_state["w"], expected.global_state["w"])
+
+
+def test_zero_noise_factor_is_allowed_and_the_message_names_the_value():
+    result = make_defense("flame", noise_factor=0.0).aggregate({"w": torch.zeros(2)}, _updates(BENIGN), 0)
+    assert result.diagnostics["noise_sigma"] == 0.0
+    with pytest.raises(ValueError, match=r"^noise_factor must be >= 0, got -0.5$"):
+        make_defense("flame", noise_factor=-0.5)
+
+
+def test_two_clients_form_one_cluster_and_three_drop_the_odd_one():
+    # K = 2, min_cluster_size 2: HDBSCAN admits both (no fallback); mean of (1, 0) and (1, 0.1) after
+    # clipping each to the median norm (1 + sqrt(1.01)) / 2
+    two = flame({"w": torch.zeros(2)}, _updates([[1.0, 0.0], [1.0, 0.1]]), noise_factor=0.0)
+    assert two.flagged == frozenset() and "fallback" not in two.diagnostics
+    # K = 3, min_cluster_size 2: the update pointing the other way is flagged
+    three = flame({"w": torch.zeros(2)}, _updates([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]]), noise_factor=0.0)
+    assert three.flagged == frozenset({2}) and "fallback" not in three.diagnostics
+    assert three.diagnostics["admitted"] == [0, 1]

@@ -199,3 +199,36 @@ def test_krum_keeps_the_global_models_integer_buffers():
     assert result.global_state["w"].item() == 1.0
     assert result.global_state["count"].item() == 7
     assert result.diagnostics["m"] == 1
+
+
+def test_krum_function_checks_the_attacker_fraction():
+    global_state, updates = _round([0, 1, 5], ids=range(3), samples=[1] * 3)
+    assert krum(global_state, updates, attacker_fraction=0.0).diagnostics["f"] == 0
+    for frac in (1.0, 1.5):
+        with pytest.raises(ValueError, match=rf"^attacker_fraction must be in \[0, 1\), got {frac}$"):
+            krum(global_state, updates, attacker_fraction=frac)
+    with pytest.raises(ValueError, match=r"^f must be >= 0, got -1$"):
+        krum(global_state, updates, f=-1)
+
+
+def test_assumption_message_counts_the_neighbours():
+    with pytest.raises(ValueError, match=r"^Krum needs n > 2f \+ 2 clients per round; got n = 4, f = 1 "
+                       r"\(n - f - 2 = 1 neighbours are too few for the scores to be robust\)$"):
+        krum_scores(torch.zeros(4, 1), f=1)
+
+
+def test_class_parameter_checks_and_messages():
+    assert make_defense("krum", attacker_fraction=0.0).attacker_fraction == 0.0
+    assert make_defense("multikrum", m=1).m == 1
+    make_defense("multikrum", m=5).validate(5)  # m = n is allowed
+    cases = [
+        ("krum", {"attacker_fraction": 1.0}, r"^attacker_fraction must be in \[0, 1\), got 1.0$"),
+        ("krum", {"f": -1}, r"^f must be >= 0, got -1$"),
+        ("multikrum", {"m": 0}, r"^m must be >= 1, got 0$"),
+        ("krum", {"m": 2}, r"^defense 'krum' has no parameter\(s\) \['m'\]"),
+    ]
+    for name, params, message in cases:
+        with pytest.raises(ValueError, match=message):
+            make_defense(name, **params)
+    with pytest.raises(ValueError, match=r"^m = 6 exceeds the 5 clients per round$"):
+        make_defense("multikrum", m=6).validate(5)

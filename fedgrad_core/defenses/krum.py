@@ -76,9 +76,7 @@ def krum_scores(deltas: Tensor, f: int) -> Tensor:
     return sum_of_nearest(squared_distances(gram64(deltas)), n - f - 2)
 
 
-def krum_select(
-    deltas: Tensor, client_ids: Sequence[int], *, f: int, m: int
-) -> tuple[list[int], Tensor]:
+def krum_select(deltas: Tensor, client_ids: Sequence[int], *, f: int, m: int) -> tuple[list[int], Tensor]:
     """Positions of the ``m`` best rows (lowest score; ties broken by lower client id) and scores."""
     n = deltas.shape[0]
     if not 1 <= m <= n:
@@ -126,8 +124,7 @@ def krum(
         best = updates[chosen[0]].state
         # the chosen client's model itself, with the global model's non-float buffers
         new_state = {
-            k: (best[k].detach().clone() if k in layout.names else v.detach().clone())
-            for k, v in global_state.items()
+            k: (best[k].detach().clone() if k in layout.names else v.detach().clone()) for k, v in global_state.items()
         }
     selected = {ids[i] for i in chosen}
     return Aggregate(
@@ -148,17 +145,14 @@ def krum(
 class _KrumBase(Defense):
     multi = False
 
-    def __init__(
-        self, *, attacker_fraction: float = 0.25, f: int | None = None, m: int | None = None
-    ) -> None:
+    def __init__(self, *, attacker_fraction: float = 0.25, f: int | None = None, m: int | None = None) -> None:
         if not 0.0 <= attacker_fraction < 1.0:
             raise ValueError(f"attacker_fraction must be in [0, 1), got {attacker_fraction}")
         if f is not None and f < 0:
             raise ValueError(f"f must be >= 0, got {f}")
         if m is not None and m < 1:
             raise ValueError(f"m must be >= 1, got {m}")
-        if m is not None and not self.multi:
-            raise ValueError("m is a Multi-Krum parameter; Krum always selects one client")
+        # Krum's own __init__ takes no m: make_defense("krum", m=...) is refused by the registry
         self.attacker_fraction = float(attacker_fraction)
         self.f = f
         self.m = m
