@@ -51,6 +51,7 @@ LINT_PATHS ?= fedgrad_core tests examples benchmarks data_scripts book
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check fedgrad_core
 	$(BIN)/mypy
 
 bench: $(STAMP)

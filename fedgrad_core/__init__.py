@@ -1,8 +1,8 @@
 """fedgrad_core: FedGrad, the baselines it is compared with, the attacks, and one simulation loop.
 
-    from fedgrad_core import ExperimentConfig, run_experiment
-    result = run_experiment(ExperimentConfig(dataset="digits", defense="fedgrad", attack="blackbox"))
-    result.to_frame()
+from fedgrad_core import ExperimentConfig, run_experiment
+result = run_experiment(ExperimentConfig(dataset="digits", defense="fedgrad", attack="blackbox"))
+result.to_frame()
 """
 
 __version__ = "0.1.0"

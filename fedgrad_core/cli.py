@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument(
-        "--summary-window", type=int, default=5,
+        "--summary-window",
+        type=int,
+        default=5,
         help="the summary's robust metric averages the last N evaluated rounds (default: 5)",
     )
     sub.add_parser("list", help="list data sets, models, defenses and attacks")
@@ -141,8 +143,10 @@ def _list() -> int:
     from fedgrad_core.models import available_models
 
     for title, names in (
-        ("datasets", available_datasets()), ("models", available_models()),
-        ("defenses", available_defenses()), ("attacks", available_attacks()),
+        ("datasets", available_datasets()),
+        ("models", available_models()),
+        ("defenses", available_defenses()),
+        ("attacks", available_attacks()),
     ):
         print(f"{title}: {', '.join(names)}")
     return 0

@@ -173,9 +173,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, *, in_channels: int = 3, num_classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
         blocks: list[nn.Module] = []
         cin = 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):

@@ -179,9 +179,7 @@ class Registry(Generic[T]):
         if self._loading and self._loading not in where:
             where = f"{where} (from {self._loading})"
         if name in self._factories:
-            raise ValueError(
-                f"{self.kind} {name!r} is registered twice: by {self._sources[name]} and by {where}"
-            )
+            raise ValueError(f"{self.kind} {name!r} is registered twice: by {self._sources[name]} and by {where}")
         factory = self._adapter()(name, obj) if self._adapt is not None else obj
         self._factories[name] = factory
         self._originals[name] = obj
@@ -320,9 +318,7 @@ class Registry(Generic[T]):
         accepted = self.accepted_params(name)
         unknown = sorted(set(params) - accepted)
         if unknown and not _takes_any_keyword(factory):
-            raise ValueError(
-                f"{self.kind} {name!r} has no parameter(s) {unknown}; it accepts {sorted(accepted)}"
-            )
+            raise ValueError(f"{self.kind} {name!r} has no parameter(s) {unknown}; it accepts {sorted(accepted)}")
         return factory(**params)
 
     # ------------------------------------------------------------------ plug-ins

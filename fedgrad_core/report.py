@@ -18,8 +18,15 @@ from fedgrad_core.results import RunResult
 
 #: The metrics of ``RunResult.summary`` that ``summary_table`` averages over seeds.
 METRICS = (
-    "best_main_acc", "best_backdoor_acc", "mean_main_acc_last", "mean_backdoor_acc_last",
-    "final_main_acc", "final_backdoor_acc", "mean_tpr", "mean_fpr", "mean_aggregation_seconds",
+    "best_main_acc",
+    "best_backdoor_acc",
+    "mean_main_acc_last",
+    "mean_backdoor_acc_last",
+    "final_main_acc",
+    "final_backdoor_acc",
+    "mean_tpr",
+    "mean_fpr",
+    "mean_aggregation_seconds",
 )
 
 #: Accuracies: shown in percent by ``reader_table``; TPR / FPR stay fractions as in the paper's Table 4.
@@ -27,14 +34,25 @@ ACCURACIES = frozenset(m for m in METRICS if m.endswith("_acc") or m.endswith("_
 
 #: What ``reader_table`` shows by default: the paper's metric and the robust one, then detection.
 READER_METRICS = (
-    "best_main_acc", "best_backdoor_acc", "mean_main_acc_last", "mean_backdoor_acc_last", "mean_tpr", "mean_fpr",
+    "best_main_acc",
+    "best_backdoor_acc",
+    "mean_main_acc_last",
+    "mean_backdoor_acc_last",
+    "mean_tpr",
+    "mean_fpr",
 )
 
 #: Which way is better, per metric (for marking the best value of each column).
 BEST = {
-    "best_main_acc": "max", "best_backdoor_acc": "min", "mean_main_acc_last": "max",
-    "mean_backdoor_acc_last": "min", "final_main_acc": "max", "final_backdoor_acc": "min",
-    "mean_tpr": "max", "mean_fpr": "min", "mean_aggregation_seconds": "min",
+    "best_main_acc": "max",
+    "best_backdoor_acc": "min",
+    "mean_main_acc_last": "max",
+    "mean_backdoor_acc_last": "min",
+    "final_main_acc": "max",
+    "final_backdoor_acc": "min",
+    "mean_tpr": "max",
+    "mean_fpr": "min",
+    "mean_aggregation_seconds": "min",
 }
 
 #: Decimals of the metrics that are not shown in percent.
@@ -84,8 +102,12 @@ def summary_table(runs: Mapping[str, Sequence[RunResult]], *, window: int = 5) -
         if not results:
             raise ValueError(f"label {label!r} has no runs")
         summaries = [r.summary(window) for r in results]
-        row: dict[str, object] = {"label": label, "seeds": len(results),
-                                  "rounds": min(s["rounds"] for s in summaries), "window": window}
+        row: dict[str, object] = {
+            "label": label,
+            "seeds": len(results),
+            "rounds": min(s["rounds"] for s in summaries),
+            "window": window,
+        }
         for metric in METRICS:
             values = [s[metric] for s in summaries if s[metric] is not None]
             row[metric] = sum(values) / len(values) if values else math.nan
@@ -174,9 +196,7 @@ def reader_table(
     return out
 
 
-def with_paper(
-    ours: pd.DataFrame, paper: Mapping[str, Mapping[str, object]], *, percent: bool = True
-) -> pd.DataFrame:
+def with_paper(ours: pd.DataFrame, paper: Mapping[str, Mapping[str, object]], *, percent: bool = True) -> pd.DataFrame:
     """``ours`` with the paper's numbers beside it: after each of our columns for which ``paper``
     gives a number, a column of the same name plus " (paper)".
 
@@ -193,8 +213,9 @@ def with_paper(
         raise ValueError(f"paper numbers for labels {unknown} that are not rows of the table")
     given = {k for row in paper.values() for k in row}
     if given - set(METRICS):
-        raise ValueError(f"unknown metrics {sorted(given - set(METRICS))} in the paper's numbers; "
-                         f"choose from {', '.join(METRICS)}")
+        raise ValueError(
+            f"unknown metrics {sorted(given - set(METRICS))} in the paper's numbers; choose from {', '.join(METRICS)}"
+        )
     for metric in (m for m in METRICS if m in given):
         column = _find_column(ours, metric, percent=percent and metric in ACCURACIES)
         textual = ours[column].dtype == object or pd.api.types.is_string_dtype(ours[column])

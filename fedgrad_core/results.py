@@ -15,8 +15,16 @@ from fedgrad_core.config import ExperimentConfig
 
 #: Keys every history record has (accuracies are fractions in [0, 1], None where not evaluated).
 HISTORY_KEYS = (
-    "round", "main_acc", "backdoor_acc", "tpr", "fpr", "attackers", "flagged", "selected",
-    "aggregation_seconds", "lr",
+    "round",
+    "main_acc",
+    "backdoor_acc",
+    "tpr",
+    "fpr",
+    "attackers",
+    "flagged",
+    "selected",
+    "aggregation_seconds",
+    "lr",
 )
 
 

@@ -195,8 +195,18 @@ def run_many(
 
 #: Configuration fields copied onto every row of ``save_tidy``'s CSV.
 TIDY_CONFIG_COLUMNS = (
-    "dataset", "model", "defense", "attack", "num_clients", "clients_per_round", "rounds", "local_epochs",
-    "partition", "noniid", "attacker_fraction", "poisoned_data_rate",
+    "dataset",
+    "model",
+    "defense",
+    "attack",
+    "num_clients",
+    "clients_per_round",
+    "rounds",
+    "local_epochs",
+    "partition",
+    "noniid",
+    "attacker_fraction",
+    "poisoned_data_rate",
 )
 
 
@@ -230,8 +240,11 @@ def save_tidy(
             values["model"] = c.model_name
             values["poisoned_data_rate"] = c.poisoned_data_rate if c.poisoned_data_rate is not None else float("nan")
             values.update(
-                profile=profile, data_source=result.meta.get("data_source"), hardware=result.meta.get("hardware"),
-                device=result.meta.get("device"), commit=result.meta.get("git_commit"),
+                profile=profile,
+                data_source=result.meta.get("data_source"),
+                hardware=result.meta.get("hardware"),
+                device=result.meta.get("device"),
+                commit=result.meta.get("git_commit"),
             )
             values.update(facets.get(label, {}))
             frames.append(frame.assign(**values))
@@ -276,8 +289,15 @@ def pretrain_group(config: ExperimentConfig) -> tuple:
     c = config
     changes_train = c.dataset not in CURATED
     return (
-        c.dataset, c.model_name, c.pretrain_epochs, c.pretrain_lr, c.batch_size, c.momentum, c.weight_decay,
-        c.seed, (c.attack, json.dumps(dict(c.attack_params), sort_keys=True, default=repr)) if changes_train else None,
+        c.dataset,
+        c.model_name,
+        c.pretrain_epochs,
+        c.pretrain_lr,
+        c.batch_size,
+        c.momentum,
+        c.weight_decay,
+        c.seed,
+        (c.attack, json.dumps(dict(c.attack_params), sort_keys=True, default=repr)) if changes_train else None,
     )
 
 
@@ -295,8 +315,11 @@ def _torch_threads(threads: Optional[int]) -> Iterator[None]:
 
 
 def _run_local(
-    todo: list[ExperimentConfig], workers: Optional[int], threads: Optional[int],
-    cache_dir: Optional[str | Path], on_done: Callable[[RunResult], None],
+    todo: list[ExperimentConfig],
+    workers: Optional[int],
+    threads: Optional[int],
+    cache_dir: Optional[str | Path],
+    on_done: Callable[[RunResult], None],
 ) -> list[RunResult]:
     import multiprocessing
 
@@ -360,6 +383,16 @@ def _bar(total: int, initial: int, enabled: bool):
 
 
 __all__ = [
-    "EXECUTORS", "TIDY_CONFIG_COLUMNS", "cache_path", "config_key", "load_cached", "pretrain_group", "run_cached",
-    "run_many", "runs_dir", "save_tidy", "store", "threads_per_worker",
+    "EXECUTORS",
+    "TIDY_CONFIG_COLUMNS",
+    "cache_path",
+    "config_key",
+    "load_cached",
+    "pretrain_group",
+    "run_cached",
+    "run_many",
+    "runs_dir",
+    "save_tidy",
+    "store",
+    "threads_per_worker",
 ]

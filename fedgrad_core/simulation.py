@@ -99,7 +99,10 @@ def run_experiment(
     shards = [
         task.train.subset(idx)
         for idx in partition(
-            task.train.y.numpy(), config.num_clients, scheme=config.partition, noniid=config.noniid,
+            task.train.y.numpy(),
+            config.num_clients,
+            scheme=config.partition,
+            noniid=config.noniid,
             seed=int(rng(config.seed, _PARTITION).integers(2**31)),
         )
     ]
@@ -131,8 +134,12 @@ def run_experiment(
     worker.to(device)
     last_round = min(config.rounds, stop_after) if stop_after else config.rounds
     bar = tqdm(
-        range(start_round, last_round + 1), desc=f"{config.defense}/{config.attack}", disable=not progress,
-        initial=start_round - 1, total=last_round, unit="round",
+        range(start_round, last_round + 1),
+        desc=f"{config.defense}/{config.attack}",
+        disable=not progress,
+        initial=start_round - 1,
+        total=last_round,
+        unit="round",
     )
     for round_idx in bar:
         record = run_round(config, round_idx, model, worker, defense, attack, task, backdoor, shards, pool, device)
@@ -177,8 +184,9 @@ def run_round(
     }
     ctx = RoundContext(round_idx, global_state, selected, attackers, {c: len(d) for c, d in data.items()}, lr)
     batched = use_client_batching(config.client_batching, config.model_name, worker, device)
-    updates = train_clients(worker, global_state, data, generators, benign, device, batched=batched,
-                            attack=attack, pool=pool, ctx=ctx)
+    updates = train_clients(
+        worker, global_state, data, generators, benign, device, batched=batched, attack=attack, pool=pool, ctx=ctx
+    )
 
     started = time.perf_counter()
     aggregate = defense.aggregate(global_state, updates, round_idx)
@@ -273,7 +281,9 @@ def train_clients(
         if c in pool:
             rank = pool.index(c)
             hooks = attack.training_hooks(c, rank, ctx, generators[c])
-            local_train(worker, data[c], attack.local_training(benign), generator=generators[c], hooks=hooks, device=device)
+            local_train(
+                worker, data[c], attack.local_training(benign), generator=generators[c], hooks=hooks, device=device
+            )
             states[c] = attack.after_training(_detached(worker), c, rank, ctx)
         else:
             local_train(worker, data[c], benign, generator=generators[c], device=device)
@@ -294,18 +304,29 @@ def pretrained_state(config: ExperimentConfig, task: Task, device: str) -> dict[
     size and seed.
     """
     key_fields = {
-        "dataset": config.dataset, "source": task.source, "n_train": len(task.train), "model": config.model_name,
-        "epochs": config.pretrain_epochs, "lr": config.pretrain_lr, "batch_size": config.batch_size,
-        "seed": config.seed, "momentum": config.momentum, "weight_decay": config.weight_decay,
+        "dataset": config.dataset,
+        "source": task.source,
+        "n_train": len(task.train),
+        "model": config.model_name,
+        "epochs": config.pretrain_epochs,
+        "lr": config.pretrain_lr,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "momentum": config.momentum,
+        "weight_decay": config.weight_decay,
     }
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "pretrained" / f"{config.dataset}-{config.model_name}-{key}.pt"
     if path.exists():
         log.info("pretrained model from cache %s", path)
         return torch.load(path, map_location="cpu", weights_only=True)
-    model = make_model(config.model_name, in_channels=task.image_shape[0], num_classes=task.num_classes, seed=config.seed)
+    model = make_model(
+        config.model_name, in_channels=task.image_shape[0], num_classes=task.num_classes, seed=config.seed
+    )
     model.to(device)
-    settings = LocalTraining(config.pretrain_lr, config.pretrain_epochs, config.batch_size, config.momentum, config.weight_decay)
+    settings = LocalTraining(
+        config.pretrain_lr, config.pretrain_epochs, config.batch_size, config.momentum, config.weight_decay
+    )
     local_train(model, task.train, settings, generator=torch_generator(config.seed, _PRETRAIN), device=device)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda fh: torch.save(state, fh))

@@ -236,9 +236,7 @@ def expected_rounds_all_clients(n: int, k: int) -> float:
     return float(expectation)
 
 
-def simulate_rounds_until_covered(
-    n: int, k: int, *, pairs: bool, repetitions: int = 100, seed: int = 0
-) -> float:
+def simulate_rounds_until_covered(n: int, k: int, *, pairs: bool, repetitions: int = 100, seed: int = 0) -> float:
     """Monte Carlo mean of the rounds until every client (``pairs=False``) or every pair of
     clients (``pairs=True``) has been drawn together at least once."""
     import numpy as np
@@ -466,7 +464,10 @@ def capture_round(config, round_idx: int, *, ultimate_layer: Optional[Sequence[s
     shards = [
         task.train.subset(idx)
         for idx in partition(
-            task.train.y.numpy(), config.num_clients, scheme=config.partition, noniid=config.noniid,
+            task.train.y.numpy(),
+            config.num_clients,
+            scheme=config.partition,
+            noniid=config.noniid,
             seed=int(sim.rng(config.seed, sim._PARTITION).integers(2**31)),
         )
     ]

@@ -203,7 +203,9 @@ def local_train_batched(
 
     states: list[dict[str, Tensor]] = [{} for _ in order]
     for j, i in enumerate(order):
-        states[i] = {n: (params[n][j].clone() if n in params else t.detach().clone()) for n, t in model.state_dict().items()}
+        states[i] = {
+            n: (params[n][j].clone() if n in params else t.detach().clone()) for n, t in model.state_dict().items()
+        }
     return states
 
 
@@ -213,9 +215,7 @@ def local_train_batched(
 EVAL_BATCH = 128
 
 
-def predict(
-    model: nn.Module, x: Tensor, *, batch_size: int = EVAL_BATCH, device: torch.device | str = "cpu"
-) -> Tensor:
+def predict(model: nn.Module, x: Tensor, *, batch_size: int = EVAL_BATCH, device: torch.device | str = "cpu") -> Tensor:
     """Predicted labels for ``x`` (on the CPU), in batches under ``torch.inference_mode``.
 
     The labels are written into one preallocated tensor; the model is left in eval mode.

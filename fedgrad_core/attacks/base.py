@@ -63,7 +63,11 @@ class Attack:
         return None
 
     def client_data(
-        self, client_id: int, attacker_rank: int, clean: Split, round_idx: int,
+        self,
+        client_id: int,
+        attacker_rank: int,
+        clean: Split,
+        round_idx: int,
         generator: torch.Generator,
     ) -> Split:
         """The data attacker ``client_id`` (``attacker_rank``-th in the pool) trains on.

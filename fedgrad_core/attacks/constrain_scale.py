@@ -42,8 +42,11 @@ class ConstrainScale(TriggerAttack):
         poison_epochs: Optional[int] = None,
     ):
         super().__init__(
-            target=target, poisoned_data_rate=poisoned_data_rate, scale=scale,
-            poison_lr=poison_lr, poison_epochs=poison_epochs,
+            target=target,
+            poisoned_data_rate=poisoned_data_rate,
+            scale=scale,
+            poison_lr=poison_lr,
+            poison_epochs=poison_epochs,
         )
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
             raise ValueError(f"alpha (weight of the task loss) must be in (0, 1], got {alpha!r}")

@@ -51,10 +51,7 @@ def distance_to(model: nn.Module, center: State) -> Tensor:
 
     Differentiable (an anomaly loss can use it); the gradient at distance 0 is 0, not NaN.
     """
-    diffs = [
-        (p - center[name].to(device=p.device, dtype=p.dtype)).reshape(-1)
-        for name, p in model.named_parameters()
-    ]
+    diffs = [(p - center[name].to(device=p.device, dtype=p.dtype)).reshape(-1) for name, p in model.named_parameters()]
     return torch.linalg.vector_norm(torch.cat(diffs))
 
 
@@ -98,10 +95,7 @@ def replacement_factor(ctx: RoundContext, client_id: int, *, shared: bool = Fals
 
 
 def _positive_number(value) -> bool:
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-        and math.isfinite(value) and value > 0
-    )
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 class ProjectionHooks(TrainingHooks):
@@ -172,8 +166,11 @@ class PGDModelReplacement(PGD):
         num_edge: Optional[int] = None,
     ):
         super().__init__(
-            eps=eps, project_every=project_every, eps_decay=eps_decay,
-            poisoned_data_rate=poisoned_data_rate, num_edge=num_edge,
+            eps=eps,
+            project_every=project_every,
+            eps_decay=eps_decay,
+            poisoned_data_rate=poisoned_data_rate,
+            num_edge=num_edge,
         )
         if scale is not None and not _positive_number(scale):
             raise ValueError(f"scale must be None (model replacement) or a positive finite number, got {scale!r}")

@@ -136,8 +136,14 @@ class TriggerPoisoning(TrainingHooks):
     (``seen``) and poisoned (``poisoned``) since it was made."""
 
     def __init__(
-        self, pixels: Pixels, value: Tensor, target: int, rate: float,
-        *, alpha: float = 1.0, center: Optional[State] = None,
+        self,
+        pixels: Pixels,
+        value: Tensor,
+        target: int,
+        rate: float,
+        *,
+        alpha: float = 1.0,
+        center: Optional[State] = None,
     ):
         if alpha < 1.0 and center is None:
             raise ValueError("the anomaly loss (alpha < 1) needs the global model as center")
@@ -233,9 +239,7 @@ class TriggerAttack(Attack):
     ):
         if isinstance(target, bool) or not isinstance(target, int) or target < 0:
             raise ValueError(f"target must be a non-negative class index, got {target!r}")
-        if poisoned_data_rate is not None and (
-            isinstance(poisoned_data_rate, bool) or not 0 < poisoned_data_rate <= 1
-        ):
+        if poisoned_data_rate is not None and (isinstance(poisoned_data_rate, bool) or not 0 < poisoned_data_rate <= 1):
             raise ValueError(f"poisoned_data_rate must be in (0, 1], got {poisoned_data_rate!r}")
         if scale is not None:
             _positive("scale", scale)
@@ -245,8 +249,10 @@ class TriggerAttack(Attack):
             _positive("poison_epochs", poison_epochs, integer=True)
         self.target = target
         self._given = {
-            "poisoned_data_rate": poisoned_data_rate, "scale": scale,
-            "poison_lr": poison_lr, "poison_epochs": poison_epochs,
+            "poisoned_data_rate": poisoned_data_rate,
+            "scale": scale,
+            "poison_lr": poison_lr,
+            "poison_epochs": poison_epochs,
         }
         self.settings: Optional[TriggerDefaults] = None
         self.value: Optional[Tensor] = None
@@ -292,8 +298,12 @@ class TriggerAttack(Attack):
     def training_hooks(self, client_id, attacker_rank, ctx: RoundContext, generator) -> TrainingHooks:
         assert self.settings is not None and self.value is not None, "setup() first"
         return TriggerPoisoning(
-            self.trigger_for(attacker_rank), self.value, self.target, self.settings.poisoned_data_rate,
-            alpha=self.alpha, center=ctx.global_state,
+            self.trigger_for(attacker_rank),
+            self.value,
+            self.target,
+            self.settings.poisoned_data_rate,
+            alpha=self.alpha,
+            center=ctx.global_state,
         )
 
     def after_training(self, state, client_id, attacker_rank, ctx: RoundContext):

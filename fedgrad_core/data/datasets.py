@@ -29,7 +29,16 @@ from fedgrad_core.data.task import Split, Task, normalize_images
 from fedgrad_core.registry import Registry
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 #: name -> loader returning (raw arrays, description of the source used)
@@ -85,9 +94,7 @@ def _digits() -> tuple[dict, str]:
     bunch = load_digits()
     images = bunch.images.astype(np.uint8)
     labels = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        images, labels, test_size=0.2, random_state=0, stratify=labels
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels)
     return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}, "scikit-learn load_digits"
 
 
@@ -153,9 +160,15 @@ def _fashion_mnist() -> tuple[dict, str]:
     return obtain(
         "fashion_mnist",
         [
-            ("$FEDGRAD_DATA_SOURCE/fashion-mnist", lambda: _idx_quad(from_source("fashion-mnist"), digests="fashion-mnist")),
+            (
+                "$FEDGRAD_DATA_SOURCE/fashion-mnist",
+                lambda: _idx_quad(from_source("fashion-mnist"), digests="fashion-mnist"),
+            ),
             ("torchvision download", _torchvision("FashionMNIST")),
-            ("Debian dataset-fashion-mnist", lambda: _idx_quad(Path("/usr/share/datasets/fashion-mnist"), digests="fashion-mnist")),
+            (
+                "Debian dataset-fashion-mnist",
+                lambda: _idx_quad(Path("/usr/share/datasets/fashion-mnist"), digests="fashion-mnist"),
+            ),
         ],
         "  - apt-get install dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist)\n"
         "  - set FEDGRAD_DATA_SOURCE to a folder holding fashion-mnist/*-ubyte.gz\n"

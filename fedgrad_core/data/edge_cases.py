@@ -83,8 +83,12 @@ def load_edge_case(task: Task, *, seed: int = 0) -> tuple[EdgeCaseSet, Task]:
         arrays = edge_case_arrays(name)
         removed = tuple(int(i) for i in arrays["test_removed"])
         edge = EdgeCaseSet(
-            name, task.normalize(arrays["train"]), task.normalize(arrays["test"]), target,
-            description + _removed_note(removed, len(arrays["test"]) + len(removed)), removed,
+            name,
+            task.normalize(arrays["train"]),
+            task.normalize(arrays["test"]),
+            target,
+            description + _removed_note(removed, len(arrays["test"]) + len(removed)),
+            removed,
         )
         return edge, task
     if task.name in TAIL_CLASSES:
@@ -164,7 +168,11 @@ def _log_removed(name: str, found: dict[int, tuple[int, float]], before: int) ->
     log.info(
         "edge-case set %s: removed %d of %d backdoor test images as near-duplicates of the attackers' "
         "training images (mean |difference| <= %.0f/255 under rotations/flips)%s",
-        name, len(found), before, NEAR_DUPLICATE_TOLERANCE * 255, f": {pairs}" if pairs else "",
+        name,
+        len(found),
+        before,
+        NEAR_DUPLICATE_TOLERANCE * 255,
+        f": {pairs}" if pairs else "",
     )
 
 
@@ -219,7 +227,10 @@ def _ardis_arrays() -> dict[str, np.ndarray]:
         expected = KNOWN_DIGESTS["edge-case/ardis.npz"][1]
         if (actual := array_digest(arrays)) != expected:
             raise ChecksumMismatch(
-                path, "array SHA-256", actual, expected,
+                path,
+                "array SHA-256",
+                actual,
+                expected,
                 "replace it with the project's offline copy, or rebuild it from the original ARDIS IV "
                 "CSV files with python data_scripts/prepare_ardis.py",
             )

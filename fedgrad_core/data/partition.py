@@ -35,7 +35,12 @@ def partition(labels: np.ndarray, num_clients: int, *, scheme: str, noniid: floa
 
 
 def dirichlet_partition(
-    labels: np.ndarray, num_clients: int, *, alpha: float, rng: np.random.Generator, min_size: int = 2,
+    labels: np.ndarray,
+    num_clients: int,
+    *,
+    alpha: float,
+    rng: np.random.Generator,
+    min_size: int = 2,
     max_tries: int = 1000,
 ) -> list[np.ndarray]:
     """Per class, proportions over clients drawn from Dirichlet(alpha) (the authors' scheme).
@@ -63,9 +68,7 @@ def dirichlet_partition(
     )
 
 
-def phi_partition(
-    labels: np.ndarray, num_clients: int, *, phi: float, rng: np.random.Generator
-) -> list[np.ndarray]:
+def phi_partition(labels: np.ndarray, num_clients: int, *, phi: float, rng: np.random.Generator) -> list[np.ndarray]:
     """The paper's section 5.5 scheme.
 
     Clients are split at random into one group per class.  A fraction ``phi`` of each class's

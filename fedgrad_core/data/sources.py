@@ -68,12 +68,30 @@ KNOWN_DIGESTS: dict[str, tuple[str, str]] = {
     "mnist/train-labels-idx1-ubyte": ("sha256", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
     "mnist/t10k-images-idx3-ubyte": ("sha256", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
     "mnist/t10k-labels-idx1-ubyte": ("sha256", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
-    "fashion-mnist/train-images-idx3-ubyte": ("sha256", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-    "fashion-mnist/train-labels-idx1-ubyte": ("sha256", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
-    "fashion-mnist/t10k-images-idx3-ubyte": ("sha256", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-    "fashion-mnist/t10k-labels-idx1-ubyte": ("sha256", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
-    "edge-case/southwest_images_new_train.pkl": ("sha256", "4dfb293d5bfc073cb26f9019d37b7660bb4cfbe4b8d0cf9843523e884539b26a"),
-    "edge-case/southwest_images_new_test.pkl": ("sha256", "cad0410ce01bd53af349fd2094799a8c58c508ae39ec1c01d038868cb1e5d64d"),
+    "fashion-mnist/train-images-idx3-ubyte": (
+        "sha256",
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
+    "fashion-mnist/train-labels-idx1-ubyte": (
+        "sha256",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
+    "fashion-mnist/t10k-images-idx3-ubyte": (
+        "sha256",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ),
+    "fashion-mnist/t10k-labels-idx1-ubyte": (
+        "sha256",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
+    "edge-case/southwest_images_new_train.pkl": (
+        "sha256",
+        "4dfb293d5bfc073cb26f9019d37b7660bb4cfbe4b8d0cf9843523e884539b26a",
+    ),
+    "edge-case/southwest_images_new_test.pkl": (
+        "sha256",
+        "cad0410ce01bd53af349fd2094799a8c58c508ae39ec1c01d038868cb1e5d64d",
+    ),
     "edge-case/ardis.npz": ("array-sha256", "9b297837a9aec1b85f590e1d69fc217895b6f09f85513676e995af2291d9961a"),
     "cifar10-jpeg.tar.gz": ("sha256", "eb52d4068905a202b0e13e2dbdda0be0a9e02d6f078c94e2f1ffcb8567b0454d"),
     "cifar-10-batches-py/data_batch_1": ("md5", "c99cafc152244af753f735de768cd75f"),
@@ -114,8 +132,12 @@ def check_digest(path: Path | str, actual: str, key: str, *, fix: str | None = N
     algorithm, expected = KNOWN_DIGESTS[key]
     if actual != expected:
         raise ChecksumMismatch(
-            path, f"{algorithm}{' of ' + of if of else ''}", actual, expected,
-            fix or f"replace it with the original {key} (for example from the project's offline copy or "
+            path,
+            f"{algorithm}{' of ' + of if of else ''}",
+            actual,
+            expected,
+            fix
+            or f"replace it with the original {key} (for example from the project's offline copy or "
             "the original download), or unset FEDGRAD_DATA_SOURCE to download it",
         )
 
@@ -264,7 +286,10 @@ def load_arrays(path: Path, *, verify: bool = True) -> dict[str, np.ndarray]:
         actual = array_digest(arrays)
         if actual != expected:
             raise ChecksumMismatch(
-                path, "array SHA-256", actual, expected,
+                path,
+                "array SHA-256",
+                actual,
+                expected,
                 f"delete {path} and {sidecar}; the next run prepares it again from its source",
             )
     return arrays

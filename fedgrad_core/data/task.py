@@ -32,9 +32,7 @@ class Split:
         return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]))
 
 
-def normalize_images(
-    images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], pixel_max: float
-) -> Tensor:
+def normalize_images(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], pixel_max: float) -> Tensor:
     """Raw images (N x H x W or N x H x W x C, values in [0, pixel_max]) -> normalised N x C x H x W."""
     arr = np.asarray(images, dtype=np.float32) / pixel_max
     if arr.ndim == 3:

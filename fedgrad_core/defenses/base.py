@@ -93,8 +93,7 @@ class Layout:
             tensor = state[name]
             if tensor.shape != shape:
                 raise ValueError(
-                    f"shape mismatch for {name!r}: got {tuple(tensor.shape)}, "
-                    f"global model has {tuple(shape)}"
+                    f"shape mismatch for {name!r}: got {tuple(tensor.shape)}, global model has {tuple(shape)}"
                 )
             parts.append(tensor.detach().reshape(-1).to(torch.float32))
         return torch.cat(parts)
@@ -176,9 +175,7 @@ def sorted_updates(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
     return sorted(updates, key=lambda u: u.client_id)
 
 
-def update_matrix(
-    global_state: State, updates: Sequence[ClientUpdate]
-) -> tuple[Layout, Tensor, Tensor]:
+def update_matrix(global_state: State, updates: Sequence[ClientUpdate]) -> tuple[Layout, Tensor, Tensor]:
     """``(layout, g, deltas)``: the flat global model ``g`` (d,) and the K x d float32 matrix of
     the clients' updates ``w_i - g`` (rows in the order of ``updates``).
 
@@ -241,8 +238,6 @@ def cosine_similarities(gram: Tensor) -> Tensor:
     return cos.clamp_(-1.0, 1.0)
 
 
-
-
 def sum_of_nearest(sq_dists: Tensor, num_neighbors: int) -> Tensor:
     """Krum's score: each row's sum of its ``num_neighbors`` smallest distances to the *other* rows."""
     k = sq_dists.shape[0]
@@ -250,7 +245,6 @@ def sum_of_nearest(sq_dists: Tensor, num_neighbors: int) -> Tensor:
         raise ValueError(f"num_neighbors must lie in [1, {k - 1}] for {k} clients, got {num_neighbors}")
     dist = sq_dists.clone().fill_diagonal_(float("inf"))
     return torch.sort(dist, dim=1).values[:, :num_neighbors].sum(dim=1)
-
 
 
 def sample_weights(updates: Sequence[ClientUpdate]) -> Tensor:
@@ -294,9 +288,7 @@ class Defense:
 
     name = "base"
 
-    def aggregate(
-        self, global_state: State, updates: Sequence[ClientUpdate], round_idx: int
-    ) -> Aggregate:
+    def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], round_idx: int) -> Aggregate:
         if not updates:
             raise ValueError("aggregate() needs at least one client update")
         ids = [u.client_id for u in updates]
@@ -331,9 +323,7 @@ class Defense:
             result.diagnostics["non_finite"] = sorted(broken)
         return result
 
-    def aggregate_finite(
-        self, global_state: State, updates: Sequence[ClientUpdate], round_idx: int
-    ) -> Aggregate:
+    def aggregate_finite(self, global_state: State, updates: Sequence[ClientUpdate], round_idx: int) -> Aggregate:
         raise NotImplementedError
 
     def validate(self, clients_per_round: int) -> None:
@@ -409,7 +399,11 @@ class Defense:
             and all(want is None or want == got for want, got in zip(shape, value.shape))
         )
         if not ok:
-            found = f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            found = (
+                f"{value.dtype} tensor of shape {tuple(value.shape)}"
+                if isinstance(value, Tensor)
+                else type(value).__name__
+            )
             wanted = tuple("*" if s is None else s for s in shape)
             raise ValueError(
                 f"defense {self.name!r}: saved state entry {key!r} should be a {dtype} tensor of "

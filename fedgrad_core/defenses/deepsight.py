@@ -372,9 +372,7 @@ class DeepSight(Defense):
             for start in range(0, self.num_noise_samples, self.noise_batch_size):
                 x = self._noise_batch(gen, min(self.noise_batch_size, self.num_noise_samples - start), shape)
                 g = F.log_softmax(global_model(x).to(torch.float64), dim=1)
-                logp = torch.stack(
-                    [F.log_softmax(m(x).to(torch.float64), dim=1) for m in locals_]
-                )  # K x n x P
+                logp = torch.stack([F.log_softmax(m(x).to(torch.float64), dim=1) for m in locals_])  # K x n x P
                 ratio = (logp - g[None]).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP).exp().sum(dim=1)
                 sums = ratio if sums is None else sums + ratio
             per_seed.append((sums / float(self.num_noise_samples)).numpy())
@@ -400,9 +398,7 @@ class DeepSight(Defense):
             raise ValueError(f"DeepSight needs a bias in the output layer; {b_key!r} is missing")
         num_out = global_state[w_key].shape[0]
         if self.num_classes is not None and num_out != self.num_classes:
-            raise ValueError(
-                f"num_classes={self.num_classes} but the model's output layer has {num_out} neurons"
-            )
+            raise ValueError(f"num_classes={self.num_classes} but the model's output layer has {num_out} neurons")
         if self.input_shape is None:
             self.input_shape = infer_input_shape(model)
         shape = self.input_shape
@@ -425,9 +421,7 @@ class DeepSight(Defense):
         neup_labels = self._cluster(neups.numpy(), precomputed=False)
         cos_labels = self._cluster(bias_cosine_distances(b_delta), precomputed=True)
         ddif_dist = np.mean([co_membership_distances(lab) for lab in ddif_labels], axis=0)
-        merged = (
-            ddif_dist + co_membership_distances(neup_labels) + co_membership_distances(cos_labels)
-        ) / 3.0
+        merged = (ddif_dist + co_membership_distances(neup_labels) + co_membership_distances(cos_labels)) / 3.0
         final_labels = self._cluster(merged, precomputed=True)
         clusters = singleton_noise(final_labels)
 

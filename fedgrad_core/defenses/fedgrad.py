@@ -278,8 +278,7 @@ def parameter_keys(state: State, parameter_names: Optional[Sequence[str]] = None
         keys = [n for n, t in state.items() if n in wanted and torch.is_floating_point(t)]
     else:
         keys = [
-            n for n, t in state.items()
-            if torch.is_floating_point(t) and n.rsplit(".", 1)[-1] not in NORM_BUFFER_NAMES
+            n for n, t in state.items() if torch.is_floating_point(t) and n.rsplit(".", 1)[-1] not in NORM_BUFFER_NAMES
         ]
     if not keys:
         raise ValueError("the model's state holds no floating-point parameter")
@@ -461,15 +460,13 @@ class FedGrad(Defense):
             raise ValueError("use_soft and use_hard are both False: FedGrad would flag nobody")
         self.use_soft, self.use_hard, self.use_trust = use_soft, use_hard, use_trust
         self.num_attackers_estimate = (
-            None if num_attackers_estimate is None
-            else _check_int("num_attackers_estimate", num_attackers_estimate, 0)
+            None if num_attackers_estimate is None else _check_int("num_attackers_estimate", num_attackers_estimate, 0)
         )
         self.attacker_fraction = _check_real("attacker_fraction", attacker_fraction, 0.0, 1.0)
         if self.attacker_fraction >= 1.0:
             raise ValueError(f"attacker_fraction must be below 1, got {attacker_fraction!r}")
         self.strict_factor = (
-            None if strict_factor is None
-            else _check_real("strict_factor", strict_factor, 0.0, 1.0, lo_open=True)
+            None if strict_factor is None else _check_real("strict_factor", strict_factor, 0.0, 1.0, lo_open=True)
         )
         self.gradient = _check_choice("gradient", gradient, GRADIENT_CHOICES)
         self.bias = _check_choice("bias", bias, BIAS_CHOICES)
@@ -554,9 +551,7 @@ class FedGrad(Defense):
             return self.num_attackers_estimate
         return int(self.attacker_fraction * num_clients)
 
-    def aggregate_finite(
-        self, global_state: State, updates: Sequence[ClientUpdate], round_idx: int
-    ) -> Aggregate:
+    def aggregate_finite(self, global_state: State, updates: Sequence[ClientUpdate], round_idx: int) -> Aggregate:
         updates = sorted(updates, key=lambda u: u.client_id)
         ids = [int(u.client_id) for u in updates]
         k = len(updates)
@@ -618,9 +613,7 @@ class FedGrad(Defense):
                     ultimate = torch.cat([(w_all - w_prev).reshape(k, -1), b_all - b_prev], dim=1)
                     closeness = closeness_scores(ultimate, self.num_attackers(k))
                 attributes = np.concatenate([acc_w, acc_b], axis=1)
-                s2, labels = hard_filter_split(
-                    attributes, closeness, seed=self.seed, n_init=self.kmeans_n_init
-                )
+                s2, labels = hard_filter_split(attributes, closeness, seed=self.seed, n_init=self.kmeans_n_init)
 
         # ---- combination and trust
         suspicious = s1 | s2
@@ -684,33 +677,54 @@ class FedGrad(Defense):
         trust = sorted(self._trust.items())
         pair_ids = sorted(self._pair_index, key=self._pair_index.__getitem__)
         n = len(pair_ids)
-        return self._versioned({
-            "soft_ids": torch.tensor([c for c, _ in soft], dtype=torch.int64),
-            "soft_mean": torch.tensor([float(v[0]) for _, v in soft], dtype=torch.float64),
-            "soft_rounds": torch.tensor([int(v[1]) for _, v in soft], dtype=torch.int64),
-            "trust_ids": torch.tensor([c for c, _ in trust], dtype=torch.int64),
-            "trust_sum": torch.tensor([float(v[0]) for _, v in trust], dtype=torch.float64),
-            "trust_count": torch.tensor([int(v[1]) for _, v in trust], dtype=torch.int64),
-            "pair_ids": torch.tensor(pair_ids, dtype=torch.int64),
-            "pair_w": torch.from_numpy(np.array(self._pair_w[:n, :n], dtype=np.float32)),
-            "pair_b": torch.from_numpy(np.array(self._pair_b[:n, :n], dtype=np.float32)),
-            "pair_n": torch.from_numpy(np.array(self._pair_n[:n, :n], dtype=np.int32)),
-        })
+        return self._versioned(
+            {
+                "soft_ids": torch.tensor([c for c, _ in soft], dtype=torch.int64),
+                "soft_mean": torch.tensor([float(v[0]) for _, v in soft], dtype=torch.float64),
+                "soft_rounds": torch.tensor([int(v[1]) for _, v in soft], dtype=torch.int64),
+                "trust_ids": torch.tensor([c for c, _ in trust], dtype=torch.int64),
+                "trust_sum": torch.tensor([float(v[0]) for _, v in trust], dtype=torch.float64),
+                "trust_count": torch.tensor([int(v[1]) for _, v in trust], dtype=torch.int64),
+                "pair_ids": torch.tensor(pair_ids, dtype=torch.int64),
+                "pair_w": torch.from_numpy(np.array(self._pair_w[:n, :n], dtype=np.float32)),
+                "pair_b": torch.from_numpy(np.array(self._pair_b[:n, :n], dtype=np.float32)),
+                "pair_n": torch.from_numpy(np.array(self._pair_n[:n, :n], dtype=np.int32)),
+            }
+        )
 
     def load_state_dict(self, state: Any) -> None:
         """Restore ``state_dict()``'s history (ValueError for another defense or version)."""
-        keys = ("soft_ids", "soft_mean", "soft_rounds", "trust_ids", "trust_sum", "trust_count",
-                "pair_ids", "pair_w", "pair_b", "pair_n")
+        keys = (
+            "soft_ids",
+            "soft_mean",
+            "soft_rounds",
+            "trust_ids",
+            "trust_sum",
+            "trust_count",
+            "pair_ids",
+            "pair_w",
+            "pair_b",
+            "pair_n",
+        )
         self._check_state(state, keys)
-        ns, nt, npair = (len(state[k]) if isinstance(state[k], Tensor) else -1
-                         for k in ("soft_ids", "trust_ids", "pair_ids"))
-        got = {k: self._state_tensor(state, k, dtype=dtype, shape=shape) for k, dtype, shape in (
-            ("soft_ids", torch.int64, (None,)), ("soft_mean", torch.float64, (ns,)),
-            ("soft_rounds", torch.int64, (ns,)), ("trust_ids", torch.int64, (None,)),
-            ("trust_sum", torch.float64, (nt,)), ("trust_count", torch.int64, (nt,)),
-            ("pair_ids", torch.int64, (None,)), ("pair_w", torch.float32, (npair, npair)),
-            ("pair_b", torch.float32, (npair, npair)), ("pair_n", torch.int32, (npair, npair)),
-        )}
+        ns, nt, npair = (
+            len(state[k]) if isinstance(state[k], Tensor) else -1 for k in ("soft_ids", "trust_ids", "pair_ids")
+        )
+        got = {
+            k: self._state_tensor(state, k, dtype=dtype, shape=shape)
+            for k, dtype, shape in (
+                ("soft_ids", torch.int64, (None,)),
+                ("soft_mean", torch.float64, (ns,)),
+                ("soft_rounds", torch.int64, (ns,)),
+                ("trust_ids", torch.int64, (None,)),
+                ("trust_sum", torch.float64, (nt,)),
+                ("trust_count", torch.int64, (nt,)),
+                ("pair_ids", torch.int64, (None,)),
+                ("pair_w", torch.float32, (npair, npair)),
+                ("pair_b", torch.float32, (npair, npair)),
+                ("pair_n", torch.int32, (npair, npair)),
+            )
+        }
         pair_ids = got["pair_ids"].tolist()
         if len(set(pair_ids)) != len(pair_ids):
             raise ValueError(f"defense {self.name!r}: saved state entry 'pair_ids' repeats a client id")

@@ -131,9 +131,7 @@ def flame(
             "clip_scale": {str(i): float(s) for i, s in zip(ids, scale.tolist())},
         }
     )
-    return Aggregate(
-        layout.unflatten(new, global_state), frozenset(set(ids) - admitted_ids), diagnostics
-    )
+    return Aggregate(layout.unflatten(new, global_state), frozenset(set(ids) - admitted_ids), diagnostics)
 
 
 @register("flame")

@@ -141,16 +141,12 @@ def foolsgold(
     history = history[order]
     ids = [u.client_id for u in updates]
     weights = foolsgold_weights(history, kappa=kappa)
-    diagnostics: dict[str, Any] = {
-        "weights": {str(i): float(w) for i, w in zip(ids, weights.tolist())}
-    }
+    diagnostics: dict[str, Any] = {"weights": {str(i): float(w) for i, w in zip(ids, weights.tolist())}}
     flagged = frozenset(i for i, w in zip(ids, weights.tolist()) if w <= 0.0)
     combined = weights * sample_weights(updates)
     if float(combined.sum()) <= 0.0:
         diagnostics["kept_previous_model"] = "every FoolsGold weight is 0"
-        return Aggregate(
-            {k: v.detach().clone() for k, v in global_state.items()}, flagged, diagnostics
-        )
+        return Aggregate({k: v.detach().clone() for k, v in global_state.items()}, flagged, diagnostics)
     coeffs = torch.zeros(len(order), dtype=torch.float64)
     coeffs[order] = combined / combined.sum()  # back to the rows' original order
     new = g + coeffs.to(torch.float32) @ deltas
@@ -208,8 +204,7 @@ class FoolsGold(Defense):
                 self.history[u.client_id] = row.clone()
             elif previous.shape != row.shape:
                 raise ValueError(
-                    f"client {u.client_id}: history has {previous.numel()} entries, "
-                    f"update has {row.numel()}"
+                    f"client {u.client_id}: history has {previous.numel()} entries, update has {row.numel()}"
                 )
             else:
                 previous.add_(row)
@@ -226,11 +221,13 @@ class FoolsGold(Defense):
         """The summed updates as one matrix, rows in ascending client id (``client_ids``)."""
         ids = sorted(self.history)
         rows = torch.stack([self.history[c] for c in ids]) if ids else torch.zeros((0, 0))
-        return self._versioned({
-            "features": self.features,
-            "client_ids": torch.tensor(ids, dtype=torch.int64),
-            "history": rows.detach().cpu().clone(),
-        })
+        return self._versioned(
+            {
+                "features": self.features,
+                "client_ids": torch.tensor(ids, dtype=torch.int64),
+                "history": rows.detach().cpu().clone(),
+            }
+        )
 
     def load_state_dict(self, state: Any) -> None:
         """Restore ``state_dict()``'s histories (ValueError for another defense, version or

@@ -130,9 +130,7 @@ class RLR(Defense):
         k = len(updates)
         theta = self._theta(k)
         clamped = theta > k  # NaN/inf updates were dropped below the threshold
-        result = rlr(
-            global_state, updates, threshold=min(theta, k), server_lr=self.server_lr
-        )
+        result = rlr(global_state, updates, threshold=min(theta, k), server_lr=self.server_lr)
         if clamped:
             result.diagnostics["threshold_clamped_from"] = theta
         return result

@@ -76,8 +76,7 @@ def _template_state(template: Template) -> dict[str, torch.Tensor]:
         template = template.state_dict()
     if not isinstance(template, Mapping) or not template:
         raise ValueError(
-            "template must be a torch model or a non-empty state dict (name -> tensor), "
-            f"got {type(template).__name__}"
+            f"template must be a torch model or a non-empty state dict (name -> tensor), got {type(template).__name__}"
         )
     out = {}
     for key, value in template.items():
