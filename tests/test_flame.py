@@ -160,3 +160,59 @@ def test_two_clients_form_one_cluster_and_three_drop_the_odd_one():
     three = flame({"w": torch.zeros(2)}, _updates([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]]), noise_factor=0.0)
     assert three.flagged == frozenset({2}) and "fallback" not in three.diagnostics
     assert three.diagnostics["admitted"] == [0, 1]
+
+
+def test_cluster_size_and_single_linkage_decide_the_admitted_set():
+    """K = 8: four updates along (-1, 0), two along (0, -1), two along (1, 1).  Cosine distances:
+    0 within a direction, 1 between the first two directions, 1 + 1/sqrt(2) to the third.  With
+    min_samples = 1 HDBSCAN is single linkage; min_cluster_size = K // 2 + 1 = 5 keeps the six updates
+    of the first two directions together (4 alone would be too few); a size of 3 would admit four."""
+    rows = [[-1.0, 0.0], [-2.0, 0.0], [0.0, -3.0], [1.0, 1.0], [-2.0, 0.0], [0.0, -3.0], [-1.0, 0.0], [2.0, 2.0]]
+    result = flame({"w": torch.zeros(2)}, _updates(rows), noise_factor=0.0)
+    assert result.diagnostics["admitted"] == [0, 1, 2, 4, 5, 6]
+    assert result.flagged == frozenset({3, 7})
+
+
+def test_six_scattered_updates_are_one_single_linkage_cluster():
+    # K = 6, min_cluster_size 4: every update is within single-linkage reach of the others, so all
+    # are admitted (min_samples = 2 or more, a euclidean metric on the rows, or a smaller minimum
+    # cluster size would drop some)
+    rows = [[1.0, -1.0], [2.0, 4.0], [9.0, 3.0], [1.0, 0.0], [0.0, 2.0], [0.0, -3.0]]
+    result = flame({"w": torch.zeros(2)}, _updates(rows), noise_factor=0.0)
+    assert result.flagged == frozenset()
+    assert "fallback" not in result.diagnostics
+
+
+def test_noise_is_added_with_the_rounds_generator():
+    rows = BENIGN + ATTACK
+    quiet = flame({"w": torch.zeros(2)}, _updates(rows), noise_factor=0.0).global_state["w"]
+    noisy = flame({"w": torch.zeros(2)}, _updates(rows), generator=round_generator(4, 9))  # default 0.001
+    draw = torch.randn(2, generator=round_generator(4, 9), dtype=torch.float32)
+    assert noisy.diagnostics["noise_sigma"] == pytest.approx(0.001 * 5.5)
+    assert torch.allclose(noisy.global_state["w"], quiet + 0.001 * 5.5 * draw, rtol=0, atol=1e-7)
+
+
+def test_norms_below_one_are_clipped_to_the_median():
+    # norms 0.1 .. 0.6, median (0.3 + 0.4) / 2 = 0.35: 0.4, 0.5 and 0.6 are clipped to 0.35
+    rows = [[0.1 * c, 0.0] for c in range(1, 7)]
+    result = flame({"w": torch.zeros(2)}, _updates(rows), noise_factor=0.0)
+    assert result.diagnostics["median_norm"] == pytest.approx(0.35)
+    assert result.global_state["w"][0].item() == pytest.approx((0.1 + 0.2 + 0.3 + 3 * 0.35) / 6)
+
+
+def test_a_zero_median_norm_keeps_zero_updates_unscaled():
+    # two zero updates and one non-zero: median norm 0 clips the non-zero one to 0; the zero
+    # updates keep scale 1 (no 0 / 0)
+    rows = [[1.0, 1.0], [1.0, 1.0], [4.0, 5.0]]  # updates (0, 0), (0, 0), (3, 4) from g = (1, 1)
+    result = make_defense("flame", noise_factor=0.0).aggregate({"w": torch.tensor([1.0, 1.0])}, _updates(rows), 0)
+    assert result.diagnostics["clip_scale"] == {"0": 1.0, "1": 1.0, "2": 0.0}
+    assert "kept_previous_model" not in result.diagnostics
+    assert result.global_state["w"].tolist() == [1.0, 1.0]
+
+
+def test_function_parameter_checks():
+    ups = _updates(BENIGN)
+    with pytest.raises(ValueError, match=r"^noise_factor must be >= 0, got -1.0$"):
+        flame({"w": torch.zeros(2)}, ups, noise_factor=-1.0)
+    with pytest.raises(ValueError, match=r"^FLAME's noise needs a torch.Generator \(seeded from seed and round\)$"):
+        flame({"w": torch.zeros(2)}, ups, noise_factor=0.5)
