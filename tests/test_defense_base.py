@@ -92,3 +92,52 @@ def test_fedavg_keeps_float64_models_in_float64():
     out = make_defense("fedavg").aggregate(global_state, updates, 0).global_state["w"]
     assert out.dtype == torch.float64
     assert abs(out.item() - 0.7 / 3) < 1e-15
+
+
+def test_is_finite_state_when_the_sum_overflows():
+    from fedgrad_core.defenses.base import is_finite_state
+
+    # the float32 sum is inf, yet every entry is finite: the full check decides
+    assert is_finite_state({"w": torch.tensor([3e38, 3e38])})
+    assert not is_finite_state({"w": torch.tensor([3e38, float("inf")])})
+
+
+def test_aggregate_input_checks_name_the_problem():
+    g = {k: torch.zeros(1) for k in ("a", "b", "c", "d")}
+    other = {k: torch.zeros(1) for k in ("w", "x", "y", "z")}
+    with pytest.raises(ValueError, match=r"^aggregate\(\) needs at least one client update$"):
+        make_defense("fedavg").aggregate(g, [], 0)
+    with pytest.raises(ValueError, match=r"^duplicate client ids in one round: \[1, 3, 3\]$"):
+        make_defense("fedavg").aggregate(g, [ClientUpdate(i, dict(g), 1) for i in (3, 1, 3)], 0)
+    with pytest.raises(ValueError, match=r"^client 0: state keys differ from the global model's "
+                       r"\(missing \['a', 'b', 'c'\], unexpected \['w', 'x', 'y'\]\)$"):
+        make_defense("fedavg").aggregate(g, [ClientUpdate(0, other, 1)], 0)
+    with pytest.raises(ValueError, match=r"^every ClientUpdate needs num_samples > 0$"):
+        make_defense("fedavg").aggregate(g, [ClientUpdate(0, dict(g), 0)], 0)
+
+
+def test_all_non_finite_updates_keep_the_global_model():
+    g = {"w": torch.tensor([1.0])}
+    ups = [ClientUpdate(i, {"w": torch.tensor([float("nan")])}, 1) for i in (4, 2)]
+    result = make_defense("fedavg").aggregate(g, ups, 0)
+    assert result.global_state["w"].tolist() == [1.0]
+    assert result.flagged == frozenset({2, 4})
+    assert result.diagnostics == {"non_finite": [2, 4]}
+
+
+def test_a_non_finite_aggregate_keeps_the_global_model_and_the_defenses_verdict():
+    from fedgrad_core.defenses import Aggregate
+    from fedgrad_core.defenses.base import Defense
+
+    class Overflow(Defense):
+        name = "overflow"
+
+        def aggregate_finite(self, global_state, updates, round_idx):
+            return Aggregate({"w": torch.tensor([float("inf")])}, frozenset({1}), {"note": 5})
+
+    g = {"w": torch.tensor([2.0])}
+    ups = [ClientUpdate(i, {"w": torch.tensor([float(i)])}, 1) for i in (0, 1)]
+    result = Overflow().aggregate(g, ups, 0)
+    assert result.global_state["w"].tolist() == [2.0]
+    assert result.flagged == frozenset({1})
+    assert result.diagnostics == {"note": 5, "kept_previous_model": "aggregate was not finite"}
