@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -69,6 +70,50 @@ def sample_clients(config: ExperimentConfig, round_idx: int) -> tuple[int, ...]:
     return tuple(sorted(int(c) for c in chosen))
 
 
+@dataclass
+class RunSetup:
+    """What a run is made of before its first round: the attack and its task, the clients' shards,
+    the attacker pool, the global model (freshly initialised), a worker model for local training
+    and the defense."""
+
+    attack: Any
+    task: Task
+    backdoor: Optional[Split]
+    shards: list[Split]
+    pool: tuple[int, ...]
+    model: torch.nn.Module
+    worker: torch.nn.Module
+    defense: Any
+
+
+def setup_run(config: ExperimentConfig, device: str) -> RunSetup:
+    """Build a run's pieces from ``config`` (no pretraining, no checkpoint): the one set-up shared
+    by ``run_experiment`` and by tools that replay its rounds (``theory.capture_round``)."""
+    attack = make_attack(config.attack, **attack_params(config))
+    task = attack.setup(load_task(config.dataset), seed=config.seed)
+    shards = [
+        task.train.subset(idx)
+        for idx in partition(
+            task.train.y.numpy(),
+            config.num_clients,
+            scheme=config.partition,
+            noniid=config.noniid,
+            seed=int(rng(config.seed, _PARTITION).integers(2**31)),
+        )
+    ]
+    shape = dict(in_channels=task.image_shape[0], num_classes=task.num_classes, seed=config.seed)
+    return RunSetup(
+        attack=attack,
+        task=task,
+        backdoor=attack.backdoor_test_set(),
+        shards=shards,
+        pool=attacker_pool(config),
+        model=make_model(config.model_name, **shape).to(device),
+        worker=make_model(config.model_name, **shape).to(device),
+        defense=build_defense(config.defense, config.defense_params, defense_context(config)),
+    )
+
+
 def run_experiment(
     config: ExperimentConfig,
     *,
@@ -93,24 +138,9 @@ def run_experiment(
     if (checkpoint_every or resume) and ckpt is None:
         raise ValueError("checkpointing needs out= or checkpoint_path=")
 
-    attack = make_attack(config.attack, **attack_params(config))
-    task = attack.setup(load_task(config.dataset), seed=config.seed)
-    backdoor = attack.backdoor_test_set()
-    shards = [
-        task.train.subset(idx)
-        for idx in partition(
-            task.train.y.numpy(),
-            config.num_clients,
-            scheme=config.partition,
-            noniid=config.noniid,
-            seed=int(rng(config.seed, _PARTITION).integers(2**31)),
-        )
-    ]
-    pool = attacker_pool(config)
-    in_channels = task.image_shape[0]
-    model = make_model(config.model_name, in_channels=in_channels, num_classes=task.num_classes, seed=config.seed)
-    model.to(device)
-    defense = build_defense(config.defense, config.defense_params, defense_context(config))
+    run = setup_run(config, device)
+    attack, task, backdoor, shards, pool = run.attack, run.task, run.backdoor, run.shards, run.pool
+    model, worker, defense = run.model, run.worker, run.defense
     meta = {**provenance(device), "data_source": task.source, "attacker_pool": list(pool)}
 
     history: list[dict[str, Any]] = []
@@ -130,8 +160,6 @@ def run_experiment(
     elif config.pretrain_epochs:
         model.load_state_dict(pretrained_state(config, task, device))
 
-    worker = make_model(config.model_name, in_channels=in_channels, num_classes=task.num_classes, seed=config.seed)
-    worker.to(device)
     last_round = min(config.rounds, stop_after) if stop_after else config.rounds
     bar = tqdm(
         range(start_round, last_round + 1),

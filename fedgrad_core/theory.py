@@ -445,39 +445,18 @@ def capture_round(config, round_idx: int, *, ultimate_layer: Optional[Sequence[s
     aggregates as it would have.  Since the simulation seeds every round by its index, the round
     equals that of an uninterrupted ``run_experiment`` (a test checks this record for record).
     """
-    from fedgrad_core.config import attack_params, defense_context, validate
-    from fedgrad_core.data import load_task
-    from fedgrad_core.data.partition import partition
-    from fedgrad_core.defenses import build_defense
-    from fedgrad_core.models import make_model
-    from fedgrad_core.attacks import make_attack
     from fedgrad_core import simulation as sim
+    from fedgrad_core.config import validate
 
     validate(config)
     if isinstance(round_idx, bool) or not isinstance(round_idx, int) or not 1 <= round_idx <= config.rounds:
         raise ValueError(f"round_idx must be an integer in [1, rounds={config.rounds}], got {round_idx!r}")
     device = sim.resolve_device(config.device)
-    # The set-up of run_experiment, step for step.
-    attack = make_attack(config.attack, **attack_params(config))
-    task = attack.setup(load_task(config.dataset), seed=config.seed)
-    backdoor = attack.backdoor_test_set()
-    shards = [
-        task.train.subset(idx)
-        for idx in partition(
-            task.train.y.numpy(),
-            config.num_clients,
-            scheme=config.partition,
-            noniid=config.noniid,
-            seed=int(sim.rng(config.seed, sim._PARTITION).integers(2**31)),
-        )
-    ]
-    pool = sim.attacker_pool(config)
-    shape = dict(in_channels=task.image_shape[0], num_classes=task.num_classes, seed=config.seed)
-    model = make_model(config.model_name, **shape).to(device)
-    defense = build_defense(config.defense, config.defense_params, defense_context(config))
+    run = sim.setup_run(config, device)  # run_experiment's own set-up
+    attack, task, backdoor, shards, pool = run.attack, run.task, run.backdoor, run.shards, run.pool
+    model, worker, defense = run.model, run.worker, run.defense
     if config.pretrain_epochs:
         model.load_state_dict(sim.pretrained_state(config, task, device))
-    worker = make_model(config.model_name, **shape).to(device)
 
     recorder = _RecordingDefense(defense, ultimate_layer)
     record: dict = {}
