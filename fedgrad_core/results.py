@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -135,6 +137,7 @@ def provenance(device: str) -> dict[str, Any]:
         hardware = torch.cuda.get_device_name(torch.device(device))
     return {
         "fedgrad_core_version": __version__,
+        "code_fingerprint": code_fingerprint(),
         "git_commit": _git_commit(),
         "torch_version": torch.__version__,
         "device": device,
@@ -142,6 +145,22 @@ def provenance(device: str) -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 (first 16 hex digits) of the package's own source files, read once per process.
+
+    Part of every cache key (runs and pretrained models) and of a result's provenance: a run
+    computed by other code is never served as this code's result, whatever ``__version__`` says.
+    Conservative by design: editing a comment also invalidates the cache.
+    """
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _cpu_name() -> str:

@@ -1,4 +1,4 @@
-"""Run cache and many runs at once: a run is computed once per (configuration, package version).
+"""Run cache and many runs at once: a run is computed once per (configuration, package code).
 
 ``run_cached(config)`` returns the stored result when this exact configuration was run before by
 this version of ``fedgrad_core``, and runs it (then stores it) otherwise.  The key is the SHA-256
@@ -8,14 +8,16 @@ reruns only the runs that parameter touches, and Figure 6 reuses Table 2's runs.
 RunResult JSON files, ``<runs dir>/<dataset>-<defense>-<attack>-s<seed>-<key>.json``, written
 atomically (a crashed or parallel writer never leaves half a file).
 
-Assumptions: a run is a pure function of its configuration and the package version (the
+Assumptions: a run is a pure function of its configuration and the package's code (the
 simulation draws every random number from generators seeded by the config's seed); the data
 *source* is not in the key (the offline lossy CIFAR-10 copy and the original batches would share
 an entry), but every result records the source in ``meta["data_source"]``, and notebooks show it.  Nor is
 the hardware: a run computed on a GPU (or with batched clients, ``client_batching="auto"``) is
 reused on a CPU; such results agree in distribution, not bit for bit, and ``meta`` says where each
 one ran.
-Bump ``__version__`` (or clear the folder) when a code change alters results.
+The key also holds ``results.code_fingerprint()``, a hash of the package's source files, so a
+change to the code (a local edit included) never serves runs computed by the old code; runs of
+other code stay in the folder until it is cleared.
 
 ``run_many(configs, executor=...)`` runs the configurations that are not cached yet, in parallel:
 
@@ -48,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from fedgrad_core.config import ExperimentConfig, validate
-from fedgrad_core.results import RunResult, atomic_write
+from fedgrad_core.results import RunResult, atomic_write, code_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,12 @@ EXECUTORS = ("local", "sequential", "ray")
 
 
 def config_key(config: ExperimentConfig) -> str:
-    """SHA-256 (hex) of the configuration and the package version: the cache key of a run."""
+    """SHA-256 (hex) of the configuration, the package version and its code: the cache key of a run."""
     from fedgrad_core import __version__
 
-    payload = json.dumps({"config": config.to_dict(), "version": __version__}, sort_keys=True, default=repr)
+    payload = json.dumps(
+        {"config": config.to_dict(), "version": __version__, "code": code_fingerprint()}, sort_keys=True, default=repr
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

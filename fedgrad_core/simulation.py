@@ -31,7 +31,7 @@ from fedgrad_core.data.partition import partition
 from fedgrad_core.data.task import Split, Task
 from fedgrad_core.defenses import ClientUpdate, build_defense
 from fedgrad_core.models import make_model
-from fedgrad_core.results import RunResult, atomic_write, provenance
+from fedgrad_core.results import RunResult, atomic_write, code_fingerprint, provenance
 from fedgrad_core.training import LocalTraining, local_train, local_train_batched, predict, supports_batched
 
 log = logging.getLogger(__name__)
@@ -329,9 +329,10 @@ def pretrained_state(config: ExperimentConfig, task: Task, device: str) -> dict[
 
     The paper starts from a pretrained global model (about 10 epochs).  The cache key covers
     everything that changes the result: data set, its source and size, model, epochs, lr, batch
-    size and seed.
+    size, seed and the package's code (``results.code_fingerprint``).
     """
     key_fields = {
+        "code": code_fingerprint(),
         "dataset": config.dataset,
         "source": task.source,
         "n_train": len(task.train),

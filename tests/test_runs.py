@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 
+from pathlib import Path
+
 import pytest
 
 import fedgrad_core
@@ -51,6 +53,36 @@ def test_key_depends_on_every_field_and_the_version(monkeypatch):
     assert runs.config_key(TINY.replace(seed=1)) != base
     monkeypatch.setattr(fedgrad_core, "__version__", "9.9.9")
     assert runs.config_key(TINY) != base
+
+
+def test_key_depends_on_the_code(monkeypatch):
+    # A local edit of the package changes the fingerprint: runs of the old code are not served.
+    base = runs.config_key(TINY)
+    monkeypatch.setattr(runs, "code_fingerprint", lambda: "0123456789abcdef")
+    assert runs.config_key(TINY) != base
+
+
+def test_code_fingerprint_hashes_the_package_sources(tmp_path, monkeypatch):
+    from fedgrad_core import results
+
+    fingerprint = results.code_fingerprint()
+    assert len(fingerprint) == 16 and fingerprint == results.code_fingerprint()
+    # the same hash over a copy of the sources, then over the copy with one byte changed
+    package = Path(results.__file__).resolve().parent
+    copy = tmp_path / "fedgrad_core"
+    for path in package.rglob("*.py"):
+        target = copy / path.relative_to(package)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    monkeypatch.setattr(results, "__file__", str(copy / "results.py"))
+    results.code_fingerprint.cache_clear()
+    try:
+        assert results.code_fingerprint() == fingerprint
+        (copy / "runs.py").write_bytes((copy / "runs.py").read_bytes() + b"# edited\n")
+        results.code_fingerprint.cache_clear()
+        assert results.code_fingerprint() != fingerprint
+    finally:
+        results.code_fingerprint.cache_clear()
 
 
 def test_runs_dir_prefers_argument_then_environment(tmp_path, monkeypatch):
