@@ -100,6 +100,24 @@ Paper versus the authors' code: what this module does, and why
   flagged before); union: ``use_trust=False``; FedGrad: the defaults.
 * ``round_idx`` is taken as the simulation passes it; the hard filter and the trust score act
   when ``round_idx >= switch_round``.
+
+Opt-in variants beyond the paper (issue 11; the defaults are the paper's and the authors' rule)
+--------------------------------------------------------------------------------------------
+Neither the paper nor the authors' code has these; they exist to test whether FedGrad's benign
+false positives (about half of every round flagged by the median threshold, see above) can be
+lowered without letting attackers through.  ``notebooks/beyond_exclusion.ipynb`` measures them.
+
+* ``soft_threshold="largest_gap"`` (default ``"median"``): the soft filter's threshold is placed
+  in the largest gap between consecutive sorted running means *at or above* the paper's
+  ``eps1 = min(zeta, median)``; the clients above the gap are flagged.  Assumption: attackers'
+  scores form a group separated from the benign ones by a gap.  The candidate gaps start at
+  ``eps1``, so ``S1`` is always a subset of the median rule's ``S1``: it can only lower the FPR
+  and the TPR.  ``strict_factor`` is not combined with it (``ValueError``).
+* ``trust_decay=d`` in (0, 1] (default ``None``: the plain mean): a trust score that forgives with
+  time.  The trust is the exponentially weighted mean of the history, an entry ``a`` rounds old
+  weighted ``d**a`` (the starting 0.5 included), so a client's recent rounds outweigh its first
+  ones.  ``d = 1`` is the plain mean.  With a decay the saved state's ``trust_count`` holds the
+  weighted count as float64 (an int64 count without it, as before).
 """
 
 from __future__ import annotations
@@ -129,6 +147,7 @@ from fedgrad_core.defenses.base import (
 )
 
 GRADIENT_CHOICES = ("update", "authors")
+SOFT_THRESHOLD_CHOICES = ("median", "largest_gap")
 BIAS_CHOICES = ("update", "raw")
 CLOSENESS_CHOICES = ("full", "ultimate")
 FALLBACK_CHOICES = ("s1", "none")
@@ -204,25 +223,45 @@ def cosine_matrix(rows: np.ndarray) -> np.ndarray:
 
 
 def soft_filter_threshold(
-    scores: Sequence[float], *, zeta: float = 0.5, strict_factor: Optional[float] = None
+    scores: Sequence[float],
+    *,
+    zeta: float = 0.5,
+    strict_factor: Optional[float] = None,
+    rule: str = "median",
 ) -> float:
     """The soft filter's adaptive threshold over the round's cumulative scores.
 
-    ``eps1 = min(zeta, median)`` (paper 4.2); with ``strict_factor = s`` the stricter threshold of
-    paper 6.3, ``s x eps1`` (the paper's example: ``0.35 x eps1`` for 70% attackers).
+    ``rule="median"`` (paper 4.2, default): ``eps1 = min(zeta, median)``; with
+    ``strict_factor = s`` the stricter threshold of paper 6.3, ``s x eps1`` (the paper's example:
+    ``0.35 x eps1`` for 70% attackers).  ``rule="largest_gap"`` (beyond the paper): the lower end
+    of the largest gap between consecutive sorted scores at or above ``eps1`` (ties: the lowest
+    such gap); ``eps1`` itself when no score above it differs from it.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
         raise ValueError("soft_filter_threshold needs at least one score")
+    if rule not in SOFT_THRESHOLD_CHOICES:
+        raise ValueError(f"soft threshold rule must be one of {list(SOFT_THRESHOLD_CHOICES)}, got {rule!r}")
     eps1 = min(float(zeta), float(np.median(scores)))
+    if rule == "largest_gap":
+        if strict_factor is not None:
+            raise ValueError("strict_factor scales the median threshold; it cannot be combined with 'largest_gap'")
+        upper = np.unique(scores[scores >= eps1])  # sorted, distinct
+        if upper.size < 2:
+            return eps1
+        return float(upper[int(np.argmax(np.diff(upper)))])  # argmax: first (lowest) of tied gaps
     return eps1 if strict_factor is None else float(strict_factor) * eps1
 
 
 def soft_filter(
-    scores: Sequence[float], *, zeta: float = 0.5, strict_factor: Optional[float] = None
+    scores: Sequence[float],
+    *,
+    zeta: float = 0.5,
+    strict_factor: Optional[float] = None,
+    rule: str = "median",
 ) -> tuple[float, np.ndarray]:
     """(threshold, mask of the clients strictly above it) for the round's cumulative scores."""
-    threshold = soft_filter_threshold(scores, zeta=zeta, strict_factor=strict_factor)
+    threshold = soft_filter_threshold(scores, zeta=zeta, strict_factor=strict_factor, rule=rule)
     return threshold, np.asarray(scores, dtype=np.float64) > threshold
 
 
@@ -442,6 +481,8 @@ class FedGrad(Defense):
         seed: int = 0,
         ultimate_layer: Optional[Sequence[str]] = None,
         model_factory: Optional[Callable[[], torch.nn.Module]] = None,
+        soft_threshold: str = "median",
+        trust_decay: Optional[float] = None,
     ) -> None:
         self.zeta = _check_real("zeta", zeta, 0.0, 1.0)
         self.gamma = _check_real("gamma", gamma, 0.0, 1.0)
@@ -467,6 +508,12 @@ class FedGrad(Defense):
             raise ValueError(f"attacker_fraction must be below 1, got {attacker_fraction!r}")
         self.strict_factor = (
             None if strict_factor is None else _check_real("strict_factor", strict_factor, 0.0, 1.0, lo_open=True)
+        )
+        self.soft_threshold = _check_choice("soft_threshold", soft_threshold, SOFT_THRESHOLD_CHOICES)
+        if self.soft_threshold == "largest_gap" and self.strict_factor is not None:
+            raise ValueError("strict_factor scales the median threshold; it cannot be combined with 'largest_gap'")
+        self.trust_decay = (
+            None if trust_decay is None else _check_real("trust_decay", trust_decay, 0.0, 1.0, lo_open=True)
         )
         self.gradient = _check_choice("gradient", gradient, GRADIENT_CHOICES)
         self.bias = _check_choice("bias", bias, BIAS_CHOICES)
@@ -578,7 +625,9 @@ class FedGrad(Defense):
             mean += (scaled[i] - mean) / m
             self._soft[cid] = [mean, m]
             cumulative[i] = mean
-        threshold, s1 = soft_filter(cumulative, zeta=self.zeta, strict_factor=self.strict_factor)
+        threshold, s1 = soft_filter(
+            cumulative, zeta=self.zeta, strict_factor=self.strict_factor, rule=self.soft_threshold
+        )
         if not self.use_soft:
             s1 = np.zeros(k, dtype=bool)
 
@@ -626,6 +675,8 @@ class FedGrad(Defense):
             final, cleared = suspicious, np.zeros(k, dtype=bool)
         for cid, bad in zip(ids, final):
             total, count = self._trust.get(cid, (0.5, 1))
+            if self.trust_decay is not None:  # older entries (the start included) weigh decay**age
+                total, count = self.trust_decay * total, self.trust_decay * count
             self._trust[cid] = [total + (self.lambda1 if bad else self.lambda2), count + 1]
 
         # ---- aggregation of the kept clients' full models
@@ -684,13 +735,19 @@ class FedGrad(Defense):
                 "soft_rounds": torch.tensor([int(v[1]) for _, v in soft], dtype=torch.int64),
                 "trust_ids": torch.tensor([c for c, _ in trust], dtype=torch.int64),
                 "trust_sum": torch.tensor([float(v[0]) for _, v in trust], dtype=torch.float64),
-                "trust_count": torch.tensor([int(v[1]) for _, v in trust], dtype=torch.int64),
+                "trust_count": self._trust_counts([v[1] for _, v in trust]),
                 "pair_ids": torch.tensor(pair_ids, dtype=torch.int64),
                 "pair_w": torch.from_numpy(np.array(self._pair_w[:n, :n], dtype=np.float32)),
                 "pair_b": torch.from_numpy(np.array(self._pair_b[:n, :n], dtype=np.float32)),
                 "pair_n": torch.from_numpy(np.array(self._pair_n[:n, :n], dtype=np.int32)),
             }
         )
+
+    def _trust_counts(self, counts: Sequence[float]) -> Tensor:
+        """Trust counts as saved: int64 round counts, or float64 weighted counts with ``trust_decay``."""
+        if self.trust_decay is None:
+            return torch.tensor([int(c) for c in counts], dtype=torch.int64)
+        return torch.tensor([float(c) for c in counts], dtype=torch.float64)
 
     def load_state_dict(self, state: Any) -> None:
         """Restore ``state_dict()``'s history (ValueError for another defense or version)."""
@@ -718,7 +775,7 @@ class FedGrad(Defense):
                 ("soft_rounds", torch.int64, (ns,)),
                 ("trust_ids", torch.int64, (None,)),
                 ("trust_sum", torch.float64, (nt,)),
-                ("trust_count", torch.int64, (nt,)),
+                ("trust_count", torch.int64 if self.trust_decay is None else torch.float64, (nt,)),
                 ("pair_ids", torch.int64, (None,)),
                 ("pair_w", torch.float32, (npair, npair)),
                 ("pair_b", torch.float32, (npair, npair)),
@@ -733,7 +790,7 @@ class FedGrad(Defense):
             for c, m, r in zip(got["soft_ids"].tolist(), got["soft_mean"].tolist(), got["soft_rounds"].tolist())
         }
         self._trust = {
-            int(c): [float(t), int(n)]
+            int(c): [float(t), int(n) if self.trust_decay is None else float(n)]
             for c, t, n in zip(got["trust_ids"].tolist(), got["trust_sum"].tolist(), got["trust_count"].tolist())
         }
         self._pair_index = {int(c): i for i, c in enumerate(pair_ids)}

@@ -1,0 +1,245 @@
+"""FedGrad's opt-in variants beyond the paper (issue 11): ``soft_threshold="largest_gap"`` and
+``trust_decay``.  Hand-checkable inputs on which each option gives a different answer from the
+faithful default, and the default reproducing the faithful result.
+
+The rounds use the construction of tests/test_fedgrad_rounds.py: client ``i`` sends
+``fc.weight = W_prev + c_i E`` (``E`` all 0.25); with ``c_i`` either HIGH or LOW and both present
+the min-max scaled score is 1 for HIGH and 0 for LOW, so the running means are fractions of
+high rounds.  Values are dyadic, so the averages are exact in float32.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedgrad_core.defenses import ClientUpdate
+from fedgrad_core.defenses.fedgrad import FedGrad, soft_filter, soft_filter_threshold
+
+HIGH, LOW = 3.0, 1.0
+G = {
+    "body.weight": torch.tensor([[0.5, -0.25], [0.75, 1.0]]),
+    "body.bias": torch.tensor([0.25, -0.5]),
+    "fc.weight": torch.tensor([[0.5, -0.5], [0.25, 0.75], [-1.0, 0.5]]),
+    "fc.bias": torch.tensor([0.5, -0.25, 0.125]),
+}
+E = torch.full((3, 2), 0.25)
+
+
+def soft_client(cid: int, c: float, n: int = 1) -> ClientUpdate:
+    state = {k: v.clone() for k, v in G.items()}
+    state["fc.weight"] = state["fc.weight"] + c * E
+    return ClientUpdate(cid, state, n)
+
+
+# --------------------------------------------------------------------------- the threshold rule
+
+
+def test_largest_gap_threshold_sits_in_the_widest_gap_above_the_median():
+    # Prepare: median 0.45 -> eps1 = 0.45; scores above it 0.6, 0.9, 0.95 (gaps 0.3 and 0.05)
+    scores = [0.1, 0.2, 0.3, 0.6, 0.9, 0.95]
+    # Execute
+    median_t, median_mask = soft_filter(scores, zeta=0.5)
+    gap_t, gap_mask = soft_filter(scores, zeta=0.5, rule="largest_gap")
+    # Assert: the median flags the top three, the gap rule only the two above the 0.6 -> 0.9 gap
+    assert median_t == pytest.approx(0.45) and median_mask.tolist() == [False] * 3 + [True] * 3
+    assert gap_t == pytest.approx(0.6) and gap_mask.tolist() == [False] * 4 + [True] * 2
+
+
+def test_largest_gap_starts_at_zeta_when_zeta_is_below_the_median():
+    # Prepare: median 0.725 > zeta 0.5 -> eps1 = 0.5; all four are candidates, gaps 0.1, 0.05, 0.25
+    scores = [0.6, 0.7, 0.75, 1.0]
+    # Execute
+    median_t, median_mask = soft_filter(scores, zeta=0.5)
+    gap_t, gap_mask = soft_filter(scores, zeta=0.5, rule="largest_gap")
+    # Assert: the median rule flags all four, the gap rule only the client above the 0.25 gap
+    assert median_t == 0.5 and median_mask.all()
+    assert gap_t == 0.75 and gap_mask.tolist() == [False, False, False, True]
+
+
+def test_largest_gap_ties_choose_the_lowest_gap():
+    # Prepare: eps1 = median = 0.5; gaps above it 0.25 and 0.25
+    scores = [0.0, 0.25, 0.5, 0.75, 1.0]
+    # Execute / Assert: the lower of the tied gaps, the same threshold as the median rule here
+    assert soft_filter_threshold(scores, rule="largest_gap") == 0.5
+
+
+@pytest.mark.parametrize("scores", [[0.3, 0.3, 0.3], [0.2], [0.0, 0.1, 0.4, 0.4]])
+def test_largest_gap_without_two_distinct_scores_above_eps1_is_eps1(scores):
+    # [0, 0.1, 0.4, 0.4]: median 0.25, the only candidates are the two equal 0.4
+    assert soft_filter_threshold(scores, rule="largest_gap") == soft_filter_threshold(scores)
+
+
+def test_threshold_rule_errors_name_the_problem():
+    with pytest.raises(ValueError, match="cannot be combined with 'largest_gap'"):
+        soft_filter_threshold([0.1, 0.9], strict_factor=0.35, rule="largest_gap")
+    with pytest.raises(ValueError, match=r"soft threshold rule must be one of \['median', 'largest_gap'\], got 'mean'"):
+        soft_filter_threshold([0.1, 0.9], rule="mean")
+    with pytest.raises(ValueError, match="cannot be combined with 'largest_gap'"):
+        FedGrad(soft_threshold="largest_gap", strict_factor=0.35)
+    with pytest.raises(ValueError, match=r"soft_threshold must be one of \['median', 'largest_gap'\], got 'gap'"):
+        FedGrad(soft_threshold="gap")
+
+
+@pytest.mark.parametrize("decay", [0.0, -0.5, 1.5, float("nan"), True, "0.5"])
+def test_trust_decay_outside_0_1_is_refused(decay):
+    with pytest.raises(ValueError, match="trust_decay"):
+        FedGrad(trust_decay=decay)
+
+
+def test_defaults_are_the_papers_rules():
+    defense = FedGrad()
+    assert defense.soft_threshold == "median" and defense.trust_decay is None
+
+
+# --------------------------------------------------------------------------- through aggregate
+
+A, B, C, D, P, Q = 1, 2, 3, 4, 5, 6
+
+
+def four_rounds(defense: FedGrad):
+    """A, B high in rounds 0-3; C high in rounds 0-1; D high in round 0; P, Q always low.
+
+    Running means after round 3: A 1, B 1, C 1/2, D 1/4, P 0, Q 0; median 3/8 -> eps1 = 3/8.
+    Sample counts differ (1 to 3); the weighted mean of HIGH and LOW stays strictly between them.
+    """
+    counts = {A: 1, B: 2, C: 3, D: 1, P: 2, Q: 3}
+    out = None
+    for r in range(4):
+        high = {A, B} | ({C} if r < 2 else set()) | ({D} if r == 0 else set())
+        out = defense.aggregate(G, [soft_client(c, HIGH if c in high else LOW, counts[c]) for c in counts], r)
+    return out
+
+
+@pytest.mark.parametrize(
+    "rule, threshold, flagged, c",
+    [
+        # median: C (1/2) is above 3/8; kept D, P, Q with counts 1, 2, 3 all LOW -> c = 1
+        ("median", 0.375, {A, B, C}, 1.0),
+        # largest gap: candidates 1/2 and 1 (gap 1/2) -> threshold 1/2; C is kept, and in round 3
+        # C is LOW too, so the kept clients are all LOW again: c = 1
+        ("largest_gap", 0.5, {A, B}, 1.0),
+    ],
+)
+def test_soft_threshold_rule_through_aggregate(rule, threshold, flagged, c):
+    # Prepare
+    defense = FedGrad(use_hard=False, use_trust=False, soft_threshold=rule)
+    # Execute
+    out = four_rounds(defense)
+    # Assert
+    assert out.diagnostics["soft_scores"] == {"1": 1.0, "2": 1.0, "3": 0.5, "4": 0.25, "5": 0.0, "6": 0.0}
+    assert out.diagnostics["soft_threshold"] == threshold
+    assert out.flagged == flagged
+    torch.testing.assert_close(out.global_state["fc.weight"], G["fc.weight"] + c * E, rtol=0, atol=0)
+
+
+def test_largest_gap_keeps_a_client_the_median_drops_and_averages_it():
+    # Prepare: a fifth round in which C is HIGH again (running mean 3/5) and D is LOW (1/5)
+    # running means A 1, B 1, C 3/5, D 1/5, P 0, Q 0: median 2/5 -> eps1 2/5; candidates 3/5, 1
+    counts = {A: 1, B: 2, C: 3, D: 1, P: 2, Q: 3}
+    results = {}
+    for rule in ("median", "largest_gap"):
+        defense = FedGrad(use_hard=False, use_trust=False, soft_threshold=rule)
+        four_rounds(defense)
+        high = {A, B, C}
+        # Execute
+        results[rule] = defense.aggregate(
+            G, [soft_client(cid, HIGH if cid in high else LOW, n) for cid, n in counts.items()], 4
+        )
+    # Assert: the median drops C; the gap rule (gap 2/5 between 3/5 and 1) keeps it, and C's HIGH
+    # update enters the average: (3 x 3 + 1 x 1 + 2 x 1 + 3 x 1) / (3 + 1 + 2 + 3) = 15 / 9
+    assert results["median"].flagged == {A, B, C}
+    assert results["largest_gap"].flagged == {A, B}
+    torch.testing.assert_close(results["median"].global_state["fc.weight"], G["fc.weight"] + 1.0 * E)
+    torch.testing.assert_close(results["largest_gap"].global_state["fc.weight"], G["fc.weight"] + (15 / 9) * E)
+
+
+# --------------------------------------------------------------------------- forgiving trust
+
+H1, H2, L1, L2, L3, X = 10, 11, 20, 21, 22, 30
+
+
+def warm_up(defense: FedGrad) -> None:
+    """Rounds 0-3: H1, H2 always high, L1 always low, X high in round 0 only: X is flagged in
+    round 0 only, so its trust history is [0.5, 0.25, 1, 1, 1] (plain mean 0.75)."""
+    for r in range(4):
+        defense.aggregate(
+            G,
+            [
+                soft_client(H1, HIGH),
+                soft_client(H2, HIGH),
+                soft_client(L1, LOW),
+                soft_client(X, HIGH if r == 0 else LOW),
+            ],
+            r,
+        )
+
+
+def round_four() -> list[ClientUpdate]:
+    """X high again (running mean 0.4) among three low clients and H1, H2: median 0.2: S1 = H1 H2 X."""
+    return [
+        soft_client(H1, HIGH),
+        soft_client(H2, HIGH),
+        soft_client(L1, LOW),
+        soft_client(L2, LOW),
+        soft_client(L3, LOW),
+        soft_client(X, HIGH),
+    ]
+
+
+# X's weighted trust with decay 1/2: entries [0.5, 0.25, 1, 1, 1] weighted 1/16, 1/8, 1/4, 1/2, 1
+X_DECAYED = (0.5 / 16 + 0.25 / 8 + 1 / 4 + 1 / 2 + 1) / (1 / 16 + 1 / 8 + 1 / 4 + 1 / 2 + 1)  # 0.935...
+# H1's: entries [0.5, 0.25, 0.25, 0.25, 0.25] -> 0.5 / 1.9375 = 0.258...
+H_DECAYED = (0.5 / 16 + 0.25 * (1 / 8 + 1 / 4 + 1 / 2 + 1)) / 1.9375
+
+
+@pytest.mark.parametrize(
+    "decay, x_trust, flagged",
+    [
+        (None, 0.75, {H1, H2, X}),  # the plain mean 0.75 is below gamma 0.8: X stays excluded
+        (1.0, 0.75, {H1, H2, X}),  # decay 1 is the plain mean
+        (0.5, X_DECAYED, {H1, H2}),  # its clean recent rounds count more: X is forgiven
+    ],
+)
+def test_trust_decay_forgives_a_client_whose_recent_rounds_were_clean(decay, x_trust, flagged):
+    # Prepare
+    defense = FedGrad(use_hard=False, switch_round=4, gamma=0.8, trust_decay=decay)
+    warm_up(defense)
+    # Execute
+    out = defense.aggregate(G, round_four(), 4)
+    # Assert
+    assert out.diagnostics["trust"][str(X)] == pytest.approx(x_trust, abs=1e-12)
+    assert out.diagnostics["trust"][str(H1)] == pytest.approx(0.3 if decay in (None, 1.0) else H_DECAYED)
+    assert out.flagged == flagged
+
+
+def test_trust_decay_one_gives_the_faithful_history_bit_for_bit():
+    # Prepare
+    faithful, decayed = (
+        FedGrad(use_hard=False, switch_round=4, gamma=0.8),
+        FedGrad(use_hard=False, switch_round=4, gamma=0.8, trust_decay=1.0),
+    )
+    # Execute
+    for defense in (faithful, decayed):
+        warm_up(defense)
+        defense.aggregate(G, round_four(), 4)
+    # Assert: same sums and counts; only the saved count's dtype differs (float64 with a decay)
+    a, b = faithful.state_dict(), decayed.state_dict()
+    assert a["trust_sum"].tolist() == b["trust_sum"].tolist()
+    assert a["trust_count"].tolist() == b["trust_count"].tolist()
+    assert a["trust_count"].dtype == torch.int64 and b["trust_count"].dtype == torch.float64
+
+
+def test_decayed_trust_survives_a_state_round_trip_and_is_refused_by_the_faithful_defense():
+    # Prepare
+    defense = FedGrad(use_hard=False, switch_round=4, gamma=0.8, trust_decay=0.5)
+    warm_up(defense)
+    state = defense.state_dict()
+    # Execute
+    restored = FedGrad(use_hard=False, switch_round=4, gamma=0.8, trust_decay=0.5)
+    restored.load_state_dict(state)
+    # Assert
+    assert restored.trust_of(X) == pytest.approx(defense.trust_of(X)) and restored.trust_of(X) > 0.75
+    assert restored.aggregate(G, round_four(), 4).flagged == {H1, H2}
+    with pytest.raises(ValueError, match="'trust_count' should be a torch.int64 tensor"):
+        FedGrad().load_state_dict(state)
