@@ -237,16 +237,16 @@ def soft_filter_threshold(
     of the largest gap between consecutive sorted scores at or above ``eps1`` (ties: the lowest
     such gap); ``eps1`` itself when no score above it differs from it.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.size == 0:
+    values = np.asarray(scores, dtype=np.float64)
+    if values.size == 0:
         raise ValueError("soft_filter_threshold needs at least one score")
     if rule not in SOFT_THRESHOLD_CHOICES:
         raise ValueError(f"soft threshold rule must be one of {list(SOFT_THRESHOLD_CHOICES)}, got {rule!r}")
-    eps1 = min(float(zeta), float(np.median(scores)))
+    eps1 = min(float(zeta), float(np.median(values)))
     if rule == "largest_gap":
         if strict_factor is not None:
             raise ValueError("strict_factor scales the median threshold; it cannot be combined with 'largest_gap'")
-        upper = np.unique(scores[scores >= eps1])  # sorted, distinct
+        upper = np.unique(values[values >= eps1])  # sorted, distinct
         if upper.size < 2:
             return eps1
         return float(upper[int(np.argmax(np.diff(upper)))])  # argmax: first (lowest) of tied gaps
