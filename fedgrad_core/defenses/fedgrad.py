@@ -108,11 +108,14 @@ false positives (about half of every round flagged by the median threshold, see 
 lowered without letting attackers through.  ``notebooks/beyond_exclusion.ipynb`` measures them.
 
 * ``soft_threshold="largest_gap"`` (default ``"median"``): the soft filter's threshold is placed
-  in the largest gap between consecutive sorted running means *at or above* the paper's
-  ``eps1 = min(zeta, median)``; the clients above the gap are flagged.  Assumption: attackers'
-  scores form a group separated from the benign ones by a gap.  The candidate gaps start at
-  ``eps1``, so ``S1`` is always a subset of the median rule's ``S1``: it can only lower the FPR
-  and the TPR.  ``strict_factor`` is not combined with it (``ValueError``).
+  in the largest gap between consecutive sorted running means whose upper end lies above the
+  paper's ``eps1 = min(zeta, median)``, and raised to ``eps1`` when the gap starts below it; the
+  clients above the threshold are flagged.  Assumption: attackers' scores form a group separated
+  from the benign ones by a gap.  The gap crossing ``eps1`` is a candidate, so attackers with
+  nearly equal scores at the top are not split by a tiny gap among themselves (the first version,
+  which looked only at gaps above ``eps1``, did that on digits); the threshold is never below
+  ``eps1``, so ``S1`` is a subset of the median rule's: it can only lower the FPR and the TPR.
+  ``strict_factor`` is not combined with it (``ValueError``).
 * ``trust_decay=d`` in (0, 1] (default ``None``: the plain mean): a trust score that forgives with
   time.  The trust is the exponentially weighted mean of the history, an entry ``a`` rounds old
   weighted ``d**a`` (the starting 0.5 included), so a client's recent rounds outweigh its first
@@ -234,8 +237,8 @@ def soft_filter_threshold(
     ``rule="median"`` (paper 4.2, default): ``eps1 = min(zeta, median)``; with
     ``strict_factor = s`` the stricter threshold of paper 6.3, ``s x eps1`` (the paper's example:
     ``0.35 x eps1`` for 70% attackers).  ``rule="largest_gap"`` (beyond the paper): the lower end
-    of the largest gap between consecutive sorted scores at or above ``eps1`` (ties: the lowest
-    such gap); ``eps1`` itself when no score above it differs from it.
+    of the largest gap between consecutive sorted distinct scores whose upper end is above
+    ``eps1`` (ties: the lowest such gap), raised to ``eps1``; ``eps1`` when no score is above it.
     """
     values = np.asarray(scores, dtype=np.float64)
     if values.size == 0:
@@ -246,10 +249,12 @@ def soft_filter_threshold(
     if rule == "largest_gap":
         if strict_factor is not None:
             raise ValueError("strict_factor scales the median threshold; it cannot be combined with 'largest_gap'")
-        upper = np.unique(values[values >= eps1])  # sorted, distinct
-        if upper.size < 2:
+        distinct = np.unique(values)  # sorted
+        gaps = np.diff(distinct)
+        gaps[distinct[1:] <= eps1] = -1.0  # only gaps that end above eps1 can hold the threshold
+        if gaps.size == 0 or gaps.max() < 0:
             return eps1
-        return float(upper[int(np.argmax(np.diff(upper)))])  # argmax: first (lowest) of tied gaps
+        return max(eps1, float(distinct[int(np.argmax(gaps))]))  # argmax: first (lowest) of tied gaps
     return eps1 if strict_factor is None else float(strict_factor) * eps1
 
 
