@@ -23,13 +23,12 @@ its hard filter on from round 1 (``switch_round=1``).  DeepSight runs only when 
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
-from benchlib import hardware, interleaved_medians
-from fedgrad_core.defenses import ClientUpdate, available_defenses, build_defense
-from fedgrad_core.models import make_model
+from benchlib import hardware
+from fedgrad_core.defenses import available_defenses
+from fedgrad_core.timing import FLOOR, loglog_slope, server_seconds, synthetic_round
 
 #: The authors' seconds per call (median of 15) at commit e98a682, from the notes.
 THEIRS = {
@@ -38,76 +37,20 @@ THEIRS = {
     ("vgg9", 10): {"floor": 0.029, "fedavg": 0.12, "krum": 0.51, "multikrum": 0.92, "rfa": 1.80,
                    "rlr": 1.22, "foolsgold": 2.85, "flame": 1.82, "fedgrad": 1.15},  # theirs: 1.0-1.3 s
 }
-IN_CHANNELS = {"lenet": 1, "vgg9": 3}
-
-
-def synthetic_round(model_name: str, k: int, in_channels: int, seed: int = 0):
-    global_state = {
-        n: t.detach().clone()
-        for n, t in make_model(model_name, in_channels=in_channels, num_classes=10, seed=seed).state_dict().items()
-    }
-    gen = torch.Generator().manual_seed(seed + 1)
-    updates = [
-        ClientUpdate(i, {n: t + 0.001 * torch.randn(t.shape, generator=gen) for n, t in global_state.items()},
-                     50 + 10 * i)
-        for i in range(k)
-    ]
-    return global_state, updates
-
-
-def plain_weighted_average(global_state, updates):
-    """The floor: sum_i (n_i / n) w_i, tensor by tensor, accumulated in place."""
-    total = float(sum(u.num_samples for u in updates))
-    out = {}
-    for name, tensor in global_state.items():
-        if not torch.is_floating_point(tensor):
-            out[name] = tensor.clone()
-            continue
-        acc = torch.zeros_like(tensor)
-        for u in updates:
-            acc.add_(u.state[name], alpha=u.num_samples / total)
-        out[name] = acc
-    return out
-
-
-def loglog_slope(ks: list[int], seconds: list[float]) -> float:
-    """Least-squares slope of log(seconds) against log(K)."""
-    xs, ys = [math.log(k) for k in ks], [math.log(s) for s in seconds]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+MODELS = ("lenet", "vgg9")
 
 
 def bench_setting(model_name: str, k: int, names: list[str], repeats: int) -> dict[str, float]:
-    in_channels = IN_CHANNELS[model_name]
-    global_state, updates = synthetic_round(model_name, k, in_channels)
-    params = sum(t.numel() for t in global_state.values())
-
-    def factory(model_name=model_name, in_channels=in_channels):
-        return make_model(model_name, in_channels=in_channels, num_classes=10, seed=0)
-
-    context = {"seed": 0, "attacker_fraction": 0.25, "model_factory": factory, "num_classes": 10}
-    variants = {"floor": lambda: plain_weighted_average(global_state, updates)}
-    for name in names:
-        rounds = iter(range(1, 10**6))
-        # FedGrad's hard filter acts from switch_round: measure the full method from round 1.
-        defense_params = {"switch_round": 1} if name == "fedgrad" else {}
-
-        # Built once, as in a run (FedGrad's construction builds a model to learn its parameter
-        # names: not a per-round cost); stateful defenses see the same clients round after round.
-        defense = build_defense(name, defense_params, context)
-
-        def call(defense=defense, rounds=rounds):
-            defense.aggregate(global_state, updates, next(rounds))
-
-        variants[name] = call
-    t = interleaved_medians(variants, repeats)
+    params = sum(t.numel() for t in synthetic_round(model_name, 1)[0].values())
+    # FedGrad's hard filter acts from switch_round: measure the full method from round 1.
+    t = server_seconds(model_name, k, names, repeats=repeats, defense_params={"fedgrad": {"switch_round": 1}})
     theirs = THEIRS.get((model_name, k), {})
     print(f"\n{model_name}: K = {k}, {params / 1e6:.2f}M parameters, median of {repeats}")
     print(f"{'defense':<12} {'ours (s)':>9} {'x floor':>8} {'x krum':>7} {'theirs (s)':>11} {'theirs/ours':>12}")
     for name, seconds in t.items():
         x_krum = f"{seconds / t['krum']:.2f}" if "krum" in t else "-"
         th = theirs.get(name)
-        print(f"{name:<12} {seconds:>9.4f} {seconds / t['floor']:>8.1f} {x_krum:>7} "
+        print(f"{name:<12} {seconds:>9.4f} {seconds / t[FLOOR]:>8.1f} {x_krum:>7} "
               f"{th if th is not None else '-':>11} {f'{th / seconds:.1f}' if th else '-':>12}", flush=True)
     return t
 
@@ -116,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--settings", nargs="+", default=["lenet", "vgg9"], choices=list(IN_CHANNELS))
+    parser.add_argument("--settings", nargs="+", default=["lenet", "vgg9"], choices=list(MODELS))
     parser.add_argument("--lenet-ks", "--ks", nargs="+", type=int, default=[10, 30, 100], dest="lenet_ks")
     parser.add_argument("--vgg-ks", nargs="+", type=int, default=[10, 30])
     parser.add_argument("--defenses", nargs="+", default=None)
@@ -131,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         results = {k: bench_setting(model_name, k, names, args.repeats) for k in ks}
         if len(ks) >= 2:
             print(f"\n{model_name}: log-log slope of seconds against K over K = {ks}")
-            for name in ["floor", *names]:
+            for name in [FLOOR, *names]:
                 print(f"  {name:<12} {loglog_slope(ks, [results[k][name] for k in ks]):.2f}")
 
 
