@@ -87,49 +87,33 @@ def hardware_line(info: Optional[Mapping[str, Any]] = None) -> str:
 
 
 def interleaved_times(
-    variants: Mapping[str, Callable[[], object]],
-    repeats: int,
-    *,
-    repeats_for: Optional[Mapping[str, int]] = None,
-    warmup: bool = True,
+    variants: Mapping[str, Callable[[], object]], repeats: int, *, warmup: bool = True
 ) -> dict[str, list[float]]:
-    """Seconds of every call of each variant, the variants alternating within each pass.
+    """Seconds of each of ``repeats`` calls of every variant, the variants alternating within a pass.
 
-    Each variant is timed ``repeats`` times, or ``repeats_for[name]`` times where given, so an
-    expensive variant (DeepSight) can be timed less often while the others still alternate with
-    it.  ``warmup`` calls every variant once, untimed, first (lazy initialisation, caches).
+    ``warmup`` first calls every variant once, untimed (lazy initialisation, caches, first-touch
+    page faults); a variant too slow to repeat is better timed on its own with ``repeats=1`` and
+    ``warmup=False``, which gives the seconds of a first call.
     """
-    repeats_for = dict(repeats_for or {})
-    unknown = set(repeats_for) - set(variants)
-    if unknown:
-        raise ValueError(f"repeats_for names variants that are not timed: {sorted(unknown)}")
-    counts = {name: repeats_for.get(name, repeats) for name in variants}
-    bad = {name: c for name, c in counts.items() if not isinstance(c, int) or c < 1}
-    if bad:
-        raise ValueError(f"every variant needs at least one timed call, got {bad}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"every variant needs at least one timed call, got repeats = {repeats!r}")
     if warmup:
         for fn in variants.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for i in range(max(counts.values(), default=0)):
+    for _ in range(repeats):
         for name, fn in variants.items():
-            if i < counts[name]:
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
 def interleaved_medians(
-    variants: Mapping[str, Callable[[], object]],
-    repeats: int,
-    *,
-    repeats_for: Optional[Mapping[str, int]] = None,
-    warmup: bool = True,
+    variants: Mapping[str, Callable[[], object]], repeats: int, *, warmup: bool = True
 ) -> dict[str, float]:
     """Median seconds of each variant over its timed calls (see ``interleaved_times``)."""
-    times = interleaved_times(variants, repeats, repeats_for=repeats_for, warmup=warmup)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in interleaved_times(variants, repeats, warmup=warmup).items()}
 
 
 def loglog_slope(ks: Sequence[float], seconds: Sequence[float]) -> float:
@@ -213,7 +197,6 @@ def server_seconds(
     defenses: Sequence[str],
     *,
     repeats: int = 3,
-    repeats_for: Optional[Mapping[str, int]] = None,
     seed: int = 0,
     defense_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     warmup: bool = True,
@@ -223,8 +206,7 @@ def server_seconds(
     ``defense_params`` gives a defense's parameters by name (FedGrad's hard filter acts only from
     its ``switch_round``: pass ``{"fedgrad": {"switch_round": 1}}`` to time the full method).  The
     round number passed to ``aggregate`` counts up from 1 per defense, as in a run.  The result
-    maps ``FLOOR`` and every defense name to seconds; ``repeats_for`` gives fewer (or more) timed
-    calls to named defenses (see ``interleaved_times``).
+    maps ``FLOOR`` and every defense name to seconds.
     """
     if FLOOR in defenses:
         raise ValueError(f"{FLOOR!r} is the reference timed for every setting, not a defense")
@@ -244,4 +226,4 @@ def server_seconds(
             defense.aggregate(global_state, updates, next(rounds))
 
         variants[name] = call
-    return interleaved_medians(variants, repeats, repeats_for=repeats_for, warmup=warmup)
+    return interleaved_medians(variants, repeats, warmup=warmup)

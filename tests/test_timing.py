@@ -39,18 +39,18 @@ class FakeClock:
         return run
 
 
-def test_variants_alternate_and_a_slow_one_is_timed_fewer_times(monkeypatch):
-    # Prepare: a is timed 3 times, b once; both warmed up first.
+def test_variants_alternate_after_an_untimed_warmup(monkeypatch):
+    # Prepare: the warm-up calls (9 s) must not count.
     clock, log = FakeClock(), []
     monkeypatch.setattr(timing.time, "perf_counter", clock)
-    variants = {"a": clock.runner([9.0, 1.0, 5.0, 2.0], log, "a"), "b": clock.runner([9.0, 4.0], log, "b")}
+    variants = {"a": clock.runner([9.0, 1.0, 5.0, 2.0], log, "a"), "b": clock.runner([9.0, 4.0, 0.5, 6.0], log, "b")}
 
     # Execute
-    times = interleaved_times(variants, 3, repeats_for={"b": 1})
+    times = interleaved_times(variants, 3)
 
-    # Assert: warm-up pass untimed, then alternation while both still have calls left
-    assert log == ["a", "b", "a", "b", "a", "a"]
-    assert times == {"a": [1.0, 5.0, 2.0], "b": [4.0]}
+    # Assert: one warm-up pass, then alternation
+    assert log == ["a", "b"] * 4
+    assert times == {"a": [1.0, 5.0, 2.0], "b": [4.0, 0.5, 6.0]}
 
 
 def test_medians_are_taken_per_variant_without_warmup(monkeypatch):
@@ -64,13 +64,9 @@ def test_medians_are_taken_per_variant_without_warmup(monkeypatch):
     assert medians == {"a": 2.0, "b": 0.5}
 
 
-def test_interleaved_times_rejects_unknown_names_and_zero_calls():
-    with pytest.raises(ValueError, match=r"repeats_for names variants that are not timed: \['c'\]"):
-        interleaved_times({"a": lambda: None}, 2, repeats_for={"c": 1})
-    with pytest.raises(ValueError, match="at least one timed call, got {'a': 0}"):
+def test_interleaved_times_needs_a_timed_call():
+    with pytest.raises(ValueError, match="at least one timed call, got repeats = 0"):
         interleaved_times({"a": lambda: None}, 0)
-    with pytest.raises(ValueError, match="at least one timed call, got {'b': 0}"):
-        interleaved_times({"a": lambda: None, "b": lambda: None}, 2, repeats_for={"b": 0})
 
 
 def test_loglog_slope_of_power_laws():
