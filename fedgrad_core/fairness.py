@@ -25,9 +25,10 @@ out of the exclusion table (excluding them is the point).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -160,12 +161,48 @@ def final_per_class_accuracy(
     return result, accuracy
 
 
+def final_per_class_many(
+    configs: Sequence[ExperimentConfig], *, workers: Optional[int] = None, cache_dir: Optional[str | Path] = None
+) -> list[tuple[RunResult, np.ndarray]]:
+    """``final_per_class_accuracy`` of every configuration, in order, in ``workers`` spawned
+    processes (default: one per core, at most one per configuration; 1: in this process), each
+    with ``cores // workers`` torch threads, as ``runs.run_many`` does."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    configs = list(configs)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    count = min(workers or os.cpu_count() or 1, max(len(configs), 1))
+    if count == 1:
+        return [final_per_class_accuracy(c, cache_dir=cache_dir) for c in configs]
+    threads = max(1, (os.cpu_count() or 1) // count)
+    cache = None if cache_dir is None else str(cache_dir)
+    context = multiprocessing.get_context("spawn")  # as run_many: forking after OpenMP ran can hang
+    with ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        done = [f.result() for f in [pool.submit(_per_class_worker, c.to_dict(), cache) for c in configs]]
+    return [
+        (RunResult(ExperimentConfig.from_dict(data["config"]), data["history"], data.get("meta", {})), np.array(acc))
+        for data, acc in done
+    ]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _per_class_worker(config: dict[str, Any], cache_dir: Optional[str]) -> tuple[dict[str, Any], list[float]]:
+    result, accuracy = final_per_class_accuracy(ExperimentConfig.from_dict(config), cache_dir=cache_dir)
+    return result.to_json(), accuracy.tolist()
+
+
 __all__ = [
     "FOOLSGOLD_EXCLUDED_BELOW",
     "client_label_counts",
     "excluded_in_round",
     "exclusion_table",
     "final_per_class_accuracy",
+    "final_per_class_many",
     "label_counts",
     "label_distances",
     "per_class_accuracy",

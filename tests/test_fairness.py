@@ -14,6 +14,7 @@ from fedgrad_core.fairness import (
     excluded_in_round,
     exclusion_table,
     final_per_class_accuracy,
+    final_per_class_many,
     label_counts,
     label_distances,
     per_class_accuracy,
@@ -130,3 +131,22 @@ def test_final_per_class_accuracy_is_cached_and_averages_to_the_runs_accuracy(tm
     assert float((acc * sizes).sum() / sizes.sum()) == pytest.approx(result.last("main_acc"))
     assert acc2.tolist() == acc.tolist() and again.history == result.history
     assert len(list(tmp_path.glob("perclass-*.json"))) == 1
+
+
+@pytest.mark.slow
+def test_final_per_class_many_in_two_workers_equals_one_by_one(tmp_path):
+    # Prepare: two tiny runs (seeds 0 and 1); one cache per way of running them
+    configs = [
+        ExperimentConfig(rounds=2, num_clients=10, clients_per_round=5, pretrain_epochs=1, seed=s) for s in (0, 1)
+    ]
+    # Execute
+    parallel = final_per_class_many(configs, workers=2, cache_dir=tmp_path / "a")
+    serial = final_per_class_many(configs, workers=1, cache_dir=tmp_path / "b")
+    # Assert: same order and numbers; the workers run at another torch thread count, which moves
+    # float sums in their last bits (runs.py), so allow one test example of a class (about 1/36)
+    assert [r.config.seed for r, _ in parallel] == [0, 1]
+    for (rp, ap), (rs, as_) in zip(parallel, serial):
+        np.testing.assert_allclose(ap, as_, atol=0.03)
+        assert rp.config == rs.config and rp.last("main_acc") == pytest.approx(rs.last("main_acc"), abs=0.01)
+    with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
+        final_per_class_many(configs, workers=0)
