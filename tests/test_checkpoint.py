@@ -275,6 +275,23 @@ def test_foolsgold_refuses_a_history_over_other_features():
         build_defense("foolsgold", {"features": "ultimate"}, CONTEXT).load_state_dict(full.state_dict())
 
 
+def test_foolsgold_refuses_a_history_summed_with_another_clip_norm():
+    # histories of clipped updates resumed without clipping would mix two scales of update
+    g = _global_state()
+    clipped = build_defense("foolsgold", {}, CONTEXT)
+    clipped.aggregate(g, _round(g, ROUNDS[0], seed=0), round_idx=1)
+    state = clipped.state_dict()
+    assert state["clip_norm"] == 1.0
+
+    with pytest.raises(ValueError, match="clip_norm=1.0, this run uses clip_norm=None"):
+        build_defense("foolsgold", {"clip_norm": None}, CONTEXT).load_state_dict(state)
+    with pytest.raises(ValueError, match="clip_norm=1.0, this run uses clip_norm=0.5"):
+        build_defense("foolsgold", {"clip_norm": 0.5}, CONTEXT).load_state_dict(state)
+    resumed = build_defense("foolsgold", {}, CONTEXT)
+    resumed.load_state_dict(state)
+    assert sorted(resumed.history) == sorted(clipped.history)
+
+
 def test_fedgrad_state_holds_its_history_as_hand_checkable_tensors():
     # Prepare: two rounds, client 2 in both
     g = _global_state()

@@ -215,7 +215,8 @@ class FoolsGold(Defense):
 
     # ------------------------------------------------------------------ state as data
 
-    state_version = 1
+    # 2: records clip_norm (histories summed from clipped updates must not resume unclipped)
+    state_version = 2
 
     def state_dict(self) -> dict[str, Any]:
         """The summed updates as one matrix, rows in ascending client id (``client_ids``)."""
@@ -224,6 +225,7 @@ class FoolsGold(Defense):
         return self._versioned(
             {
                 "features": self.features,
+                "clip_norm": self.clip_norm,
                 "client_ids": torch.tensor(ids, dtype=torch.int64),
                 "history": rows.detach().cpu().clone(),
             }
@@ -231,13 +233,14 @@ class FoolsGold(Defense):
 
     def load_state_dict(self, state: Any) -> None:
         """Restore ``state_dict()``'s histories (ValueError for another defense, version or
-        ``features`` setting)."""
-        self._check_state(state, ("features", "client_ids", "history"))
-        if state["features"] != self.features:
-            raise ValueError(
-                f"defense {self.name!r}: the saved history is over features={state['features']!r}, "
-                f"this run uses features={self.features!r}"
-            )
+        ``features`` or ``clip_norm`` setting)."""
+        self._check_state(state, ("features", "clip_norm", "client_ids", "history"))
+        for setting in ("features", "clip_norm"):
+            if state[setting] != getattr(self, setting):
+                raise ValueError(
+                    f"defense {self.name!r}: the saved history is over {setting}={state[setting]!r}, "
+                    f"this run uses {setting}={getattr(self, setting)!r}"
+                )
         ids = self._state_tensor(state, "client_ids", dtype=torch.int64, shape=(None,)).tolist()
         # float32, as the update matrix the histories are summed from
         rows = self._state_tensor(state, "history", dtype=torch.float32, shape=(len(ids), None))
