@@ -4,6 +4,7 @@ import torch
 
 from fedgrad_core.data import DataUnavailable, load_task
 from fedgrad_core.data.edge_cases import load_edge_case, tail_edge_case
+from fedgrad_core.data.task import channel_statistics, normalize_images
 
 
 def test_digits_needs_no_download_and_is_normalised():
@@ -22,6 +23,42 @@ def test_normalize_puts_raw_pixels_on_the_task_scale():
     white = task.normalize(np.full((1, 8, 8), 16, dtype=np.uint8))
 
     assert torch.allclose(white, task.pixel_value(16.0).view(1, 1, 1, 1).expand(1, 1, 8, 8))
+
+
+def test_channel_statistics_by_hand():
+    # Prepare: 2 images of 1 x 2 pixels, 2 channels: channel 0 holds 0, 255, 255, 0; channel 1 all 51
+    images = np.array([[[[0, 51], [255, 51]]], [[[255, 51], [0, 51]]]], dtype=np.uint8)
+    # Execute
+    mean, std = channel_statistics(images, 255.0)
+    # Assert: channel 0 is half 0, half 1; channel 1 is constant 0.2
+    assert mean == pytest.approx((0.5, 0.2), abs=1e-15) and std == pytest.approx((0.5, 0.0), abs=1e-15)
+    grey_mean, grey_std = channel_statistics(np.array([[[0, 4], [8, 16]]], dtype=np.uint8), 16.0)
+    assert grey_mean == pytest.approx((0.4375,)) and grey_std == pytest.approx((np.std([0, 0.25, 0.5, 1.0]),))
+    float_mean, _ = channel_statistics(np.array([[[0.0, 8.0]]], dtype=np.float32), 16.0)
+    assert float_mean == pytest.approx((0.25,))
+
+
+def test_channel_statistics_exact_over_many_pixels():
+    # 2**25 values per channel: a float32 reduction drifts far from the mean here (it returned
+    # 0.32768 for every CIFAR-10 channel); counting by value is exact.
+    images = np.empty((2**25, 1, 1, 2), dtype=np.uint8)
+    images[..., 0], images[..., 1] = 200, 100
+    images[0, 0, 0, 0] = 0
+
+    mean, _ = channel_statistics(images, 255.0)
+
+    assert mean[0] == pytest.approx((200 * (2**25 - 1)) / 255 / 2**25, rel=1e-12)
+    assert mean[1] == pytest.approx(100 / 255, rel=1e-12)
+
+
+def test_normalize_is_x_over_pixel_max_minus_mean_over_std():
+    images = np.array([[[[0, 10], [200, 255]]]], dtype=np.uint8).reshape(1, 2, 2, 1)
+
+    out = normalize_images(images, (0.25,), (0.5,), 255.0)
+
+    expected = (torch.tensor([[0.0, 10.0], [200.0, 255.0]]) / 255.0 - 0.25) / 0.5
+    assert out.shape == (1, 1, 2, 2) and out.dtype == torch.float32
+    assert torch.equal(out[0, 0], expected)
 
 
 def test_digits_tail_edge_case_is_held_out_of_the_clean_data():
@@ -102,6 +139,10 @@ def test_cifar10_and_southwest(data_source):
     assert (len(task.train), len(task.test)) == (50000, 10000)
     assert task.image_shape == (3, 32, 32)
     assert np.bincount(task.train.y.numpy()).tolist() == [5000] * 10
+    # the training split's own channel statistics (the offline JPEG copy's; the original batches
+    # give 0.4914, 0.4822, 0.4465)
+    assert task.mean == pytest.approx((0.4914, 0.4822, 0.4465), abs=2e-3)
+    assert task.std == pytest.approx((0.2470, 0.2435, 0.2616), abs=4e-3)
     # 196 test images less the 8 near-duplicates of training images (tests/test_edge_cases.py)
     assert edge.train.shape == (784, 3, 32, 32) and edge.test.shape == (188, 3, 32, 32)
     assert edge.target == 9

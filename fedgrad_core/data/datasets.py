@@ -25,7 +25,7 @@ from fedgrad_core.data.sources import (
     read_idx,
     restricted_loads,
 )
-from fedgrad_core.data.task import Split, Task, normalize_images
+from fedgrad_core.data.task import Split, Task, channel_statistics, normalize_images
 from fedgrad_core.registry import Registry
 
 CIFAR10_CLASSES = (
@@ -59,12 +59,7 @@ def load_task(name: str) -> Task:
     """Data set ``name`` as normalised tensors (N x C x H x W float32, int64 labels)."""
     arrays, source = prepare(name)
     pixel_max = _PIXEL_MAX.get(name, 255.0)
-    scaled = arrays["x_train"].astype(np.float32) / pixel_max
-    if scaled.ndim == 3:  # grey images: one channel
-        mean, std = (float(scaled.mean()),), (float(scaled.std()),)
-    else:
-        mean = tuple(float(m) for m in scaled.mean(axis=(0, 1, 2)))
-        std = tuple(float(s) for s in scaled.std(axis=(0, 1, 2)))
+    mean, std = channel_statistics(arrays["x_train"], pixel_max)
     num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:

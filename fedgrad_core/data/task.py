@@ -34,17 +34,45 @@ class Split:
 
 def normalize_images(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], pixel_max: float) -> Tensor:
     """Raw images (N x H x W or N x H x W x C, values in [0, pixel_max]) -> normalised N x C x H x W."""
-    arr = np.asarray(images, dtype=np.float32) / pixel_max
+    arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4:
         raise ValueError(f"expected N x H x W (x C) images, got shape {arr.shape}")
     if arr.shape[-1] != len(mean):
         raise ValueError(f"images have {arr.shape[-1]} channel(s), the statistics {len(mean)}")
-    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
+    # Transpose the raw (usually uint8) pixels, then convert once and work in place: the same float32
+    # operations, in the same order, as (x / pixel_max - mean) / std, in one copy instead of four.
+    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2))).to(torch.float32)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - m) / s
+    return x.div_(pixel_max).sub_(m).div_(s)
+
+
+def channel_statistics(images: np.ndarray, pixel_max: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) standard deviation of ``images / pixel_max``.
+
+    ``images`` is N x H x W (one channel) or N x H x W x C.  Integer pixels are counted by value
+    (exact, in float64); other dtypes are reduced in float64.  A float32 reduction is not enough:
+    over CIFAR-10's 51 million values per channel it returned 0.32768 for all three channel
+    means (the true ones are 0.491, 0.482, 0.447).
+    """
+    arr = np.asarray(images)
+    channels = arr.reshape(-1, 1) if arr.ndim == 3 else arr.reshape(-1, arr.shape[-1])
+    means, stds = [], []
+    for c in range(channels.shape[1]):
+        values = channels[:, c]
+        if np.issubdtype(values.dtype, np.integer) and values.size and values.min() >= 0:
+            counts = np.bincount(values).astype(np.float64)
+            levels = np.arange(len(counts), dtype=np.float64) / pixel_max
+            mean = float(counts @ levels / values.size)
+            var = float(counts @ (levels - mean) ** 2 / values.size)
+        else:
+            scaled = values.astype(np.float64) / pixel_max
+            mean, var = float(scaled.mean()), float(scaled.var())
+        means.append(mean)
+        stds.append(var**0.5)
+    return tuple(means), tuple(stds)
 
 
 @dataclass(frozen=True, eq=False)
