@@ -102,7 +102,7 @@ Paper versus the authors' code: what this module does, and why
   when ``round_idx >= switch_round``.
 
 Opt-in variants beyond the paper (issue 11; the defaults are the paper's and the authors' rule)
---------------------------------------------------------------------------------------------
+-----------------------------------------------------------------------------------------------
 Neither the paper nor the authors' code has these; they exist to test whether FedGrad's benign
 false positives (about half of every round flagged by the median threshold, see above) can be
 lowered without letting attackers through.  ``notebooks/beyond_exclusion.ipynb`` measures them.
