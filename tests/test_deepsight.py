@@ -22,6 +22,7 @@ from fedgrad_core.defenses.deepsight import (
     hdbscan_labels,
     infer_input_shape,
     normalized_energy_updates,
+    singleton_noise,
     suspicious_labels,
     threshold_exceedings,
 )
@@ -443,3 +444,144 @@ def test_defaults_are_the_documented_choices():
     assert (d.tau, d.num_seeds, d.num_noise_samples, d.noise) == (1 / 3, 3, 2000, "uniform")
     assert (d.min_cluster_size, d.min_samples, d.allow_single_cluster) == (5, None, False)
     assert d.sample_weighted is True
+
+
+# --------------------------------------------------------------------------- gaps found by mutmut
+# Each test below kills mutants that survived the suite (tests/MUTATION.md lists the run).
+
+
+def test_neups_are_scale_free_for_small_updates():
+    # Prepare: the hand example of test_neups_by_hand scaled by 0.1: energies 0.3 and 0.1, so
+    # the sum of squared energies is 0.1 (below 1: real updates are small)
+    w = 0.1 * torch.tensor([[[1.0, -1.0], [0.0, 0.5]]], dtype=torch.float64)
+    b = 0.1 * torch.tensor([[1.0, -0.5]], dtype=torch.float64)
+    # Execute
+    neups = normalized_energy_updates(w, b)
+    # Assert: still 0.09 / 0.1 and 0.01 / 0.1
+    torch.testing.assert_close(neups, torch.tensor([[0.9, 0.1]], dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_bias_cosine_distances_are_float64_and_clamped_to_0_2():
+    # Prepare: nearly parallel float32 biases, 1 - cos = 1 - 1/sqrt(1 + x^2) ~ x^2 / 2 = 5e-9
+    # (float32 arithmetic would round it to 0); parallel and anti-parallel float64 vectors whose
+    # unrounded 1 - cos falls just outside [0, 2]
+    near = torch.tensor([[1.0, 0.0], [1.0, 1e-4]])
+    x = float(torch.tensor(1e-4))
+    parallel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    v = torch.tensor([[-0.03687867231368961, 0.120590954166829, 0.6865975901424544, 0.684629777929102,
+                       -0.3260484853922876]], dtype=torch.float64)
+    opposite = torch.cat([v, -5.6438737213845815 * v])
+    # Execute
+    d_near = bias_cosine_distances(near)
+    d_par = bias_cosine_distances(parallel)
+    d_opp = bias_cosine_distances(opposite)
+    # Assert
+    assert d_near[0, 1] == pytest.approx(1 - 1 / (1 + x * x) ** 0.5, rel=1e-6)
+    assert d_par[0, 1] == 0.0  # unclamped: -2.2e-16
+    assert d_opp[0, 1] == 2.0  # unclamped: 2.0000000000000004
+
+
+def test_singleton_noise_numbers_noise_points_after_the_largest_label():
+    # Prepare / Execute / Assert: clusters 0 and 1 keep their labels, the two noise points get
+    # 2 and 3 in order; all noise -> 0, 1, 2; an empty round -> empty; int32 in, int64 out
+    mixed = singleton_noise(np.array([1, -1, 0, -1]))
+    assert mixed.tolist() == [1, 2, 0, 3]
+    assert singleton_noise(np.array([-1, -1, -1])).tolist() == [0, 1, 2]
+    assert singleton_noise(np.array([], dtype=np.int64)).tolist() == []
+    out = singleton_noise(np.array([0, -1], dtype=np.int32))
+    assert out.dtype == np.int64 and out.tolist() == [0, 1]
+
+
+def test_validate_accepts_two_clients():
+    DeepSight(model_factory=DIGITS).validate(2)  # the smallest round: no error
+    with pytest.raises(ValueError, match=r"needs at least 2 clients per round, got 1$"):
+        DeepSight(model_factory=DIGITS).validate(1)
+
+
+def test_each_clustering_gets_its_features_metric_and_settings(monkeypatch):
+    # Prepare: record every HDBSCAN call of one round (and still cluster)
+    from fedgrad_core.defenses import deepsight as module
+
+    real = module.hdbscan_labels
+    calls = []
+
+    def spy(data, **kwargs):
+        labels = real(data, **kwargs)
+        calls.append((np.array(data, copy=True), kwargs, labels))
+        return labels
+
+    monkeypatch.setattr(module, "hdbscan_labels", spy)
+    global_state, updates, *_ = _output_layer_round()
+    defense = DeepSight(model_factory=DIGITS, num_noise_samples=100, num_seeds=2, min_cluster_size=3,
+                        min_samples=2, allow_single_cluster=True)
+    b_delta = torch.stack([u.state["classifier.bias"] - global_state["classifier.bias"] for u in updates])
+    w_delta = torch.stack([u.state["classifier.weight"] - global_state["classifier.weight"] for u in updates])
+    # Execute
+    result = defense.aggregate(global_state, updates, 1)
+    # Assert: two DDif clusterings, the NEUPs, the bias cosines, the merged matrix, in this order
+    assert [c[1]["precomputed"] for c in calls] == [False, False, False, True, True]
+    for _, kwargs, _ in calls:
+        assert (kwargs["min_cluster_size"], kwargs["min_samples"], kwargs["allow_single_cluster"]) == (3, 2, True)
+    assert [c[0].shape for c in calls[:2]] == [(10, 10), (10, 10)]  # K x P DDifs
+    np.testing.assert_allclose(calls[2][0], normalized_energy_updates(w_delta, b_delta).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(calls[3][0], bias_cosine_distances(b_delta), atol=1e-6)
+    # merged = (mean of the two DDif co-memberships + NEUP's + cosine's) / 3
+    ddif, neup, cos = ([co_membership_distances(c[2]) for c in calls[:2]],
+                       co_membership_distances(calls[2][2]), co_membership_distances(calls[3][2]))
+    np.testing.assert_allclose(calls[4][0], ((ddif[0] + ddif[1]) / 2 + neup + cos) / 3, rtol=0, atol=1e-12)
+    diag = result.diagnostics
+    assert diag["clients"] == list(range(10))
+    assert diag["clusters_ddif"] == [calls[0][2].tolist(), calls[1][2].tolist()]
+    assert diag["clusters_neup"] == calls[2][2].tolist() and diag["clusters_cosine"] == calls[3][2].tolist()
+    assert diag["clusters"] == calls[4][2].tolist()
+    # update norms in float64 over the parameters of the float32 updates
+    norms = [float(torch.cat([(u.state[k] - global_state[k]).double().flatten() for k in global_state]).norm())
+             for u in updates]
+    assert diag["update_norms"] == pytest.approx(norms, rel=1e-12)
+
+
+def test_an_output_layer_without_bias_is_refused_with_a_reason():
+    # Prepare: a model whose last Linear has no bias
+    def factory():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10, bias=False))
+
+    global_state = _copy(factory().state_dict())
+    updates = [ClientUpdate(i, _copy(global_state), 1) for i in range(2)]
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"^DeepSight needs a bias in the output layer; '1.bias' is missing$"):
+        DeepSight(model_factory=factory, num_noise_samples=10).aggregate(global_state, updates, 1)
+
+
+def test_clipping_scales_small_updates_to_the_bound():
+    # Prepare: one direction of norm 0.5 at scales 0.1, 0.2 and 1 (all norms below 1); equal counts
+    global_state = _copy(DIGITS().state_dict())
+    gen = torch.Generator().manual_seed(3)
+    direction = {k: torch.randn(v.shape, generator=gen) for k, v in global_state.items()}
+    total = float(torch.cat([v.flatten() for v in direction.values()]).norm())
+    direction = {k: 0.5 * v / total for k, v in direction.items()}
+    updates = [ClientUpdate(i, {k: global_state[k] + s * direction[k] for k in global_state}, 1)
+               for i, s in enumerate([0.1, 0.2, 1.0])]
+    # Execute
+    result = DeepSight(model_factory=DIGITS, num_noise_samples=200).aggregate(global_state, updates, 1)
+    # Assert: bound = median norm = 0.1; the norm-0.5 update is scaled by 0.1 / 0.5 to scale 0.2
+    assert result.flagged == frozenset()
+    assert result.diagnostics["clip_bound"] == pytest.approx(0.1, rel=1e-5)
+    for key in global_state:
+        expected = global_state[key] + (0.1 + 0.2 + 0.2) / 3 * direction[key]
+        torch.testing.assert_close(result.global_state[key], expected, rtol=0, atol=1e-6)
+
+
+def test_all_rejected_says_why():
+    # Prepare: as test_all_rejected_keeps_the_previous_model (no output-layer change: all suspicious)
+    global_state = _copy(DIGITS().state_dict())
+    updates = []
+    for i in range(3):
+        state = _shifted(global_state, torch.Generator().manual_seed(i), 0.01)
+        state["classifier.weight"] = global_state["classifier.weight"].clone()
+        state["classifier.bias"] = global_state["classifier.bias"].clone()
+        updates.append(ClientUpdate(i, state, 10))
+    # Execute
+    result = DeepSight(model_factory=DIGITS, num_noise_samples=100).aggregate(global_state, updates, 1)
+    # Assert
+    assert result.diagnostics["kept_previous_model"] == "every cluster was rejected"
