@@ -86,7 +86,8 @@ def main() -> None:
         agree = sum(a == b for _, a, b, _, _ in twin.rows)
         for r, a, b, ta, tb in twin.rows:
             print(f"{dataset} round {r:2d}: 2,000 inputs flag {a} ({ta:.1f} s); {args.samples} flag {b} ({tb:.1f} s)")
-        print(f"{dataset}: flagged sets equal in {agree} of {len(twin.rows)} rounds ({len(run.pool)} attackers in the pool)")
+        pool = len(run.pool)
+        print(f"{dataset}: flagged sets equal in {agree} of {len(twin.rows)} rounds ({pool} attackers in pool)")
 
 
 if __name__ == "__main__":
