@@ -585,3 +585,53 @@ def test_all_rejected_says_why():
     result = DeepSight(model_factory=DIGITS, num_noise_samples=100).aggregate(global_state, updates, 1)
     # Assert
     assert result.diagnostics["kept_previous_model"] == "every cluster was rejected"
+
+
+def test_neups_are_float64_and_per_model():
+    # Prepare: model 0 has energies 1 + x and 1 with x = float32(1e-8) (a float32 sum drops x);
+    # model 1 has energies 3 and 1 (its own normalisation, not the round's)
+    x = float(torch.tensor(1e-8))
+    w = torch.tensor([[[1.0, 1e-8], [1.0, 0.0]], [[2.0, 0.0], [0.5, 0.0]]])
+    b = torch.tensor([[0.0, 0.0], [1.0, 0.5]])
+    # Execute
+    neups = normalized_energy_updates(w, b)
+    # Assert
+    assert neups.dtype == torch.float64
+    assert neups[0, 0].item() == pytest.approx((1 + x) ** 2 / ((1 + x) ** 2 + 1), rel=1e-15, abs=0)
+    assert neups[0, 0].item() != 0.5
+    assert neups[1].tolist() == pytest.approx([0.9, 0.1], rel=1e-12)
+
+
+def _batchnorm_mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+    )
+
+
+def test_float_buffers_are_averaged_unclipped():
+    # Prepare: parameters move along one direction at scales 0.1, 0.2, 1 (the last is clipped by
+    # 0.2); BatchNorm's running mean moves by 1, 2 and 6 times a vector r (a buffer: not clipped)
+    global_state = _copy(_batchnorm_mlp().state_dict())
+    gen = torch.Generator().manual_seed(5)
+    params = [k for k in global_state if "running" not in k and "num_batches" not in k]
+    direction = {k: torch.randn(global_state[k].shape, generator=gen) for k in params}
+    total = float(torch.cat([v.flatten() for v in direction.values()]).norm())
+    r = torch.rand(16, generator=gen)
+    updates = []
+    for i, (s, m) in enumerate([(0.1, 1.0), (0.2, 2.0), (1.0, 6.0)]):
+        state = _copy(global_state)
+        for k in params:
+            state[k] = state[k] + s * 0.5 * direction[k] / total
+        state["2.running_mean"] = state["2.running_mean"] + m * r
+        updates.append(ClientUpdate(i, state, 1))
+    # Execute
+    result = DeepSight(model_factory=_batchnorm_mlp, num_noise_samples=100).aggregate(global_state, updates, 1)
+    # Assert: parameters as clipped (0.1 + 0.2 + 0.2) / 3, the running mean by (1 + 2 + 6) / 3
+    assert result.flagged == frozenset()
+    torch.testing.assert_close(result.global_state["2.running_mean"], global_state["2.running_mean"] + 3.0 * r,
+                               rtol=0, atol=1e-6)
+    for k in params:
+        expected = global_state[k] + (0.1 + 0.2 + 0.2) / 3 * 0.5 * direction[k] / total
+        torch.testing.assert_close(result.global_state[k], expected, rtol=0, atol=1e-6)
+    assert torch.equal(result.global_state["2.running_var"], global_state["2.running_var"])
