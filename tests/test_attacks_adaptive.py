@@ -238,6 +238,7 @@ def test_notebook_profiles_share_table2s_black_box_runs():
     shared = [
         "rounds",
         "switch_round",
+        "deepsight_noise_samples",
         "models",
         "num_clients",
         "clients_per_round",
