@@ -635,3 +635,8 @@ def test_float_buffers_are_averaged_unclipped():
         expected = global_state[k] + (0.1 + 0.2 + 0.2) / 3 * 0.5 * direction[k] / total
         torch.testing.assert_close(result.global_state[k], expected, rtol=0, atol=1e-6)
     assert torch.equal(result.global_state["2.running_var"], global_state["2.running_var"])
+
+
+def test_hdbscan_labels_of_a_single_model_is_cluster_0_as_int64():
+    labels = hdbscan_labels(np.array([[0.5, 0.25]]), precomputed=False)
+    assert labels.dtype == np.int64 and labels.tolist() == [0]
