@@ -640,3 +640,5 @@ def test_float_buffers_are_averaged_unclipped():
 def test_hdbscan_labels_of_a_single_model_is_cluster_0_as_int64():
     labels = hdbscan_labels(np.array([[0.5, 0.25]]), precomputed=False)
     assert labels.dtype == np.int64 and labels.tolist() == [0]
+    more = hdbscan_labels(np.array([[0.0], [0.0], [1.0], [1.0]]), precomputed=False, min_cluster_size=2)
+    assert more.dtype == np.int64  # labels stay integers in the JSON diagnostics
