@@ -84,9 +84,10 @@ held NaN/inf) is still aggregated: the single model forms its own cluster.
 
 Cost: the DDifs need ``num_seeds * (K + 1)`` forward passes over ``num_noise_samples`` inputs
 (linear in it), batched by ``noise_batch_size`` (default 500: on a 2-core CPU with 1 torch thread,
-batches of 500 ran VGG-9-slim and the MNIST CNN 1.7x faster than one batch of 2,000, whose
-activations do not stay in cache; the sums, and so the decisions, agree to rounding).  On the project's 2-core CPU (1 torch thread,
-machine shared): digits MLP, K = 10: 1.6 s per round at 2,000 inputs, 6.8 s at 20,000; LeNet
+one aggregation ran 1.88x faster with the MNIST CNN and 1.44x with VGG-9-slim than with one batch
+of 2,000, whose activations do not stay in cache; the flagged sets were the same,
+``benchmarks/deepsight_noise_batch.py``).  On the project's 2-core CPU (1 torch thread, machine
+shared), with batches of 2,000: digits MLP, K = 10: 1.6 s per round at 2,000 inputs, 6.8 s at 20,000; LeNet
 (28 x 28): 9.3 s per 2,000 forward passes, so about 5 min per round at 2,000 and 50 min at 20,000
 with K = 10.  Lower ``num_noise_samples`` further for VGG-9 / ResNet-18 on a CPU and say so.  The
 defense keeps no state between rounds.
