@@ -9,7 +9,8 @@ import torch
 
 from fedgrad_core import ExperimentConfig
 from fedgrad_core.attacks import RoundContext, make_attack
-from fedgrad_core.attacks.adaptive import MimicHooks, lower_distance, project_lower, reference_generator
+from fedgrad_core.attacks.adaptive import MimicHooks, reference_generator
+from fedgrad_core.attacks.pgd import distance_to, project_onto_ball
 from fedgrad_core.data import load_task
 from fedgrad_core.models import make_model, ultimate_layer
 from fedgrad_core.simulation import accuracy, run_experiment, train_clients
@@ -146,12 +147,12 @@ def test_eps_keeps_the_layers_below_inside_the_ball_and_the_head_benign(digits, 
     sent_ball, _, _ = _round(ball, task, global_state)
     reference = _honest_reference(global_state, shards[ATTACKER], round_seed)
     # Assert
-    assert lower_distance(_model(sent_free[ATTACKER]), global_state, HEAD) > 0.3
-    assert lower_distance(_model(sent_ball[ATTACKER]), global_state, HEAD) == pytest.approx(0.3, rel=1e-4)
+    assert float(distance_to(_model(sent_free[ATTACKER]), global_state, skip=HEAD)) > 0.3
+    assert float(distance_to(_model(sent_ball[ATTACKER]), global_state, skip=HEAD)) == pytest.approx(0.3, rel=1e-4)
     assert all(torch.equal(sent_ball[ATTACKER][k], reference[k]) for k in HEAD)
 
 
-def test_project_lower_scales_only_the_layers_below():
+def test_projection_with_skip_scales_only_the_layers_below():
     # Prepare: lower layer at (3, 4) from a center 0 (distance 5), head at 7
     model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(1, 1, bias=False))
     with torch.no_grad():
@@ -159,12 +160,12 @@ def test_project_lower_scales_only_the_layers_below():
         model[1].weight.fill_(7.0)
     center = {"0.weight": torch.zeros(1, 2), "1.weight": torch.zeros(1, 1)}
     # Execute
-    before = project_lower(model, center, 1.0, ("1.weight",))
+    before = project_onto_ball(model, center, 1.0, skip=("1.weight",))
     # Assert
     assert before == pytest.approx(5.0)
     assert model[0].weight[0].tolist() == pytest.approx([0.6, 0.8])
     assert model[1].weight.item() == 7.0
-    assert project_lower(model, center, 2.0, ("1.weight",)) == pytest.approx(1.0)  # inside: unchanged
+    assert project_onto_ball(model, center, 2.0, skip=("1.weight",)) == pytest.approx(1.0)  # inside: unchanged
     assert model[0].weight[0].tolist() == pytest.approx([0.6, 0.8])
 
 

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from fedgrad_core.attacks.base import RoundContext, State, register
 from fedgrad_core.attacks.blackbox import EdgeCaseAttack
+from fedgrad_core.attacks.pgd import project_onto_ball
 from fedgrad_core.data.task import Split
 from fedgrad_core.models import ultimate_layer
 from fedgrad_core.training import LocalTraining, TrainingHooks, local_train
@@ -76,30 +77,6 @@ def reference_generator(generator: torch.Generator) -> torch.Generator:
     """
     seed = np.random.SeedSequence([generator.initial_seed(), _REFERENCE]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(seed >> 1))
-
-
-def lower_distance(model: nn.Module, center: State, skip: tuple[str, ...]) -> float:
-    """L2 distance to ``center`` of ``model``'s trainable parameters other than ``skip``."""
-    diffs = [
-        (p.detach() - center[name].to(device=p.device, dtype=p.dtype)).reshape(-1)
-        for name, p in model.named_parameters()
-        if name not in skip
-    ]
-    return float(torch.linalg.vector_norm(torch.cat(diffs))) if diffs else 0.0
-
-
-@torch.no_grad()
-def project_lower(model: nn.Module, center: State, eps: float, skip: tuple[str, ...]) -> float:
-    """Project the parameters other than ``skip`` onto the L2 ball of radius ``eps`` around ``center``
-    (in place); returns the distance before projection."""
-    norm = lower_distance(model, center, skip)
-    if norm > eps:
-        factor = eps / norm
-        for name, p in model.named_parameters():
-            if name not in skip:
-                c = center[name].to(device=p.device, dtype=p.dtype)
-                p.copy_(c + (p - c) * factor)
-    return norm
 
 
 class MimicHooks(TrainingHooks):
@@ -149,14 +126,14 @@ class MimicHooks(TrainingHooks):
             for key, value in head.items():
                 state[key].copy_(value)
         if self.eps is not None and project:
-            project_lower(model, self.center, self.eps, tuple(head))
+            project_onto_ball(model, self.center, self.eps, skip=tuple(head))
 
     def after_step(self, model: nn.Module, step: int) -> None:
         project = step % self.project_every == 0
         if self.hold_head:
             self._apply(model, project)
         elif self.eps is not None and project:
-            project_lower(model, self.center, self.eps, ultimate_layer(model))
+            project_onto_ball(model, self.center, self.eps, skip=ultimate_layer(model))
 
     def after_training(self, model: nn.Module) -> None:
         self._apply(model, project=True)

@@ -33,7 +33,7 @@ ratio, 0.25 by default), not a parameter of the attack.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional
+from typing import Collection, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -46,27 +46,34 @@ from fedgrad_core.training import TrainingHooks
 EPS_DECAY = 0.998
 
 
-def distance_to(model: nn.Module, center: State) -> Tensor:
-    """L2 distance of ``model``'s trainable parameters to the same entries of ``center``.
+def distance_to(model: nn.Module, center: State, *, skip: Collection[str] = ()) -> Tensor:
+    """L2 distance of ``model``'s trainable parameters (other than ``skip``) to the same entries of
+    ``center``.
 
     Differentiable (an anomaly loss can use it); the gradient at distance 0 is 0, not NaN.
     """
-    diffs = [(p - center[name].to(device=p.device, dtype=p.dtype)).reshape(-1) for name, p in model.named_parameters()]
-    return torch.linalg.vector_norm(torch.cat(diffs))
+    diffs = [
+        (p - center[name].to(device=p.device, dtype=p.dtype)).reshape(-1)
+        for name, p in model.named_parameters()
+        if name not in skip
+    ]
+    return torch.linalg.vector_norm(torch.cat(diffs)) if diffs else torch.zeros(())
 
 
 @torch.no_grad()
-def project_onto_ball(model: nn.Module, center: State, eps: float) -> float:
-    """Move ``model``'s parameters onto the L2 ball of radius ``eps`` around ``center`` (in place).
+def project_onto_ball(model: nn.Module, center: State, eps: float, *, skip: Collection[str] = ()) -> float:
+    """Move ``model``'s parameters (other than ``skip``) onto the L2 ball of radius ``eps`` around
+    ``center`` (in place).
 
     Returns the distance before projection; a model already inside the ball is left unchanged.
     """
-    norm = float(distance_to(model, center))
+    norm = float(distance_to(model, center, skip=skip))
     if norm > eps:
         factor = eps / norm
         for name, p in model.named_parameters():
-            c = center[name].to(device=p.device, dtype=p.dtype)
-            p.copy_(c + (p - c) * factor)
+            if name not in skip:
+                c = center[name].to(device=p.device, dtype=p.dtype)
+                p.copy_(c + (p - c) * factor)
     return norm
 
 
