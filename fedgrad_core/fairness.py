@@ -170,25 +170,20 @@ def final_per_class_many(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from fedgrad_core.runs import _from_json, _init_worker, threads_per_worker
+
     configs = list(configs)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     count = min(workers or os.cpu_count() or 1, max(len(configs), 1))
     if count == 1:
         return [final_per_class_accuracy(c, cache_dir=cache_dir) for c in configs]
-    threads = max(1, (os.cpu_count() or 1) // count)
+    threads = threads_per_worker(count)
     cache = None if cache_dir is None else str(cache_dir)
     context = multiprocessing.get_context("spawn")  # as run_many: forking after OpenMP ran can hang
     with ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
         done = [f.result() for f in [pool.submit(_per_class_worker, c.to_dict(), cache) for c in configs]]
-    return [
-        (RunResult(ExperimentConfig.from_dict(data["config"]), data["history"], data.get("meta", {})), np.array(acc))
-        for data, acc in done
-    ]
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
+    return [(_from_json(data), np.array(acc)) for data, acc in done]
 
 
 def _per_class_worker(config: dict[str, Any], cache_dir: Optional[str]) -> tuple[dict[str, Any], list[float]]:
