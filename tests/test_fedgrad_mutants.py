@@ -1,0 +1,298 @@
+"""FedGrad tests written from mutmut survivors (issue 8; see tests/MUTATION.md).
+
+Each test names, in its comment, the behaviour a surviving mutant changed.  The rounds use the
+tiny model of ``tests/test_fedgrad_rounds.py`` (``body`` 2 x 2 + 2, ultimate layer ``fc`` with 3
+classes x 2 features, dyadic values: sums and means are exact in float32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedgrad_core.defenses import ClientUpdate
+from fedgrad_core.defenses.fedgrad import (
+    FedGrad,
+    clear_trusted,
+    closeness_scores,
+    hard_filter_split,
+    krum_scores,
+    pairwise_sq_distances,
+    parameter_keys,
+)
+
+
+def tiny_global() -> dict[str, torch.Tensor]:
+    return {
+        "body.weight": torch.tensor([[0.5, -0.25], [0.75, 1.0]]),
+        "body.bias": torch.tensor([0.25, -0.5]),
+        "fc.weight": torch.tensor([[0.5, -0.5], [0.25, 0.75], [-1.0, 0.5]]),
+        "fc.bias": torch.tensor([0.5, -0.25, 0.125]),
+    }
+
+
+G = tiny_global()
+E = torch.full((3, 2), 0.25)
+
+
+def client(cid: int, n: int = 1, g: dict | None = None, **changes: torch.Tensor) -> ClientUpdate:
+    """``g`` (default ``G``) plus the given changes (keys with dots written as ``__``)."""
+    g = G if g is None else g
+    state = {k: v.clone() for k, v in g.items()}
+    for key, delta in changes.items():
+        name = key.replace("__", ".")
+        state[name] = state[name] + delta
+    return ClientUpdate(cid, state, n)
+
+
+# --------------------------------------------------------------------------- saved state
+
+
+def mixed_round(ids: list[int], r: int) -> list[ClientUpdate]:
+    """Clients with different weight and bias changes (both filters have something to score)."""
+    out = []
+    for j, cid in enumerate(ids):
+        w = torch.zeros(3, 2)
+        w[(cid + r) % 3, j % 2] = 0.25 * (1 + (cid % 4))
+        b = torch.zeros(3)
+        b[(cid + 2 * r) % 3] = 0.125 * (1 + j)
+        out.append(client(cid, n=1 + cid % 3, fc__weight=w, fc__bias=b))
+    return out
+
+
+# Round 0 meets clients 10-40, round 1 adds client 5: the pair arrays index clients in the order
+# first seen (10, 20, 30, 40, 5), not sorted by id.
+ROUNDS = [[10, 20, 30, 40], [5, 10, 20, 30], [5, 20, 30, 40]]
+
+
+def two_rounds(**params) -> FedGrad:
+    params.setdefault("switch_round", 1)
+    params.setdefault("num_attackers_estimate", 1)
+    defense = FedGrad(**params)
+    for r in range(2):
+        defense.aggregate(G, mixed_round(ROUNDS[r], r), r)
+    return defense
+
+
+def test_state_dict_entries_have_their_dtypes_shapes_and_order():
+    # Prepare
+    defense = two_rounds()
+    # Execute
+    state = defense.state_dict()
+    # Assert: ids ascending for the per-client entries, first-seen order for the pair arrays,
+    # trimmed to the 5 clients seen (the arrays' capacity is 16)
+    assert state["soft_ids"].dtype == torch.int64 and state["soft_ids"].tolist() == [5, 10, 20, 30, 40]
+    assert state["soft_rounds"].dtype == torch.int64 and state["soft_rounds"].tolist() == [1, 2, 2, 2, 1]
+    assert state["soft_mean"].dtype == torch.float64
+    assert state["soft_mean"].tolist() == [defense._soft[c][0] for c in (5, 10, 20, 30, 40)]
+    assert state["trust_ids"].dtype == torch.int64 and state["trust_ids"].tolist() == [5, 10, 20, 30, 40]
+    assert state["trust_count"].dtype == torch.int64 and state["trust_count"].tolist() == [2, 3, 3, 3, 2]
+    assert state["pair_ids"].tolist() == [10, 20, 30, 40, 5]
+    assert defense._pair_w.shape == (16, 16)
+    for key, dtype in (("pair_w", torch.float32), ("pair_b", torch.float32), ("pair_n", torch.int32)):
+        assert state[key].dtype == dtype and state[key].shape == (5, 5), key
+    np.testing.assert_array_equal(state["pair_n"].numpy()[:4, :4], np.full((4, 4), [[2, 2, 2, 1]] * 3 + [[1, 1, 1, 1]]))
+    assert state["pair_n"][4].tolist() == [1, 1, 1, 0, 1]  # client 5 met 10, 20, 30 once, never 40
+
+
+def test_state_of_a_fresh_defense_round_trips():
+    # Prepare: no client seen: every entry is empty (an empty torch.tensor([]) would be float32)
+    state = FedGrad().state_dict()
+    # Execute
+    loaded = FedGrad()
+    loaded.load_state_dict(state)
+    # Assert
+    for key in ("soft_ids", "soft_rounds", "trust_ids", "trust_count", "pair_ids"):
+        assert state[key].dtype == torch.int64 and state[key].numel() == 0, key
+    assert loaded.state_dict().keys() == state.keys()
+    assert loaded.trust_of(3) == 0.5
+
+
+def test_loaded_state_continues_exactly_like_the_uninterrupted_defense():
+    # Prepare: the third round meets clients 5 and 40, which never met (pair count 0)
+    straight = two_rounds()
+    resumed = FedGrad(switch_round=1, num_attackers_estimate=1)
+    resumed.load_state_dict(two_rounds().state_dict())
+    updates = mixed_round(ROUNDS[2], 2)
+    # Execute
+    a = straight.aggregate(G, updates, 2)
+    b = resumed.aggregate(G, updates, 2)
+    # Assert
+    assert a.diagnostics == b.diagnostics and a.flagged == b.flagged
+    for key in G:
+        assert torch.equal(a.global_state[key], b.global_state[key]), key
+    assert resumed._trust == straight._trust and resumed._soft == straight._soft
+    assert all(isinstance(v[1], int) for v in resumed._trust.values())  # round counts stay counts
+    assert resumed._pair_index == straight._pair_index
+    for attr in ("_pair_w", "_pair_b", "_pair_n"):
+        n = len(straight._pair_index)
+        np.testing.assert_array_equal(getattr(resumed, attr)[:n, :n], getattr(straight, attr)[:n, :n])
+
+
+def test_broken_saved_states_are_refused_with_the_entry_named():
+    # Prepare
+    good = two_rounds().state_dict()
+    repeated = dict(good, pair_ids=torch.tensor([10, 20, 30, 10, 5]))
+    not_a_tensor = dict(good, soft_ids=7)
+    missing = {k: v for k, v in good.items() if k != "pair_n"}
+    # Execute / Assert
+    with pytest.raises(ValueError, match="'pair_ids' repeats a client id$"):
+        FedGrad().load_state_dict(repeated)
+    with pytest.raises(ValueError, match="'soft_ids' should be a torch.int64 tensor"):
+        FedGrad().load_state_dict(not_a_tensor)
+    with pytest.raises(ValueError, match=r"lacks \['pair_n'\]"):
+        FedGrad().load_state_dict(missing)
+
+
+# --------------------------------------------------------------------------- messages, names
+
+
+def test_parameter_keys_errors_name_the_problem():
+    # Prepare: six parameter names that the state lacks: the message lists the first five
+    names = [f"m{i}.weight" for i in range(6)]
+    empty = {"steps": torch.tensor(3)}
+    # Execute / Assert
+    with pytest.raises(ValueError, match="model_factory builds a different model$") as info:
+        parameter_keys(G, names)
+    assert "m4.weight" in str(info.value) and "m5.weight" not in str(info.value)
+    with pytest.raises(ValueError, match="^the model's state holds no floating-point parameter$"):
+        parameter_keys(empty)
+
+
+def test_parameter_keys_drops_running_statistics_of_nested_layers():
+    # Prepare: a normalisation layer inside a block: only the last name component counts
+    g = dict(G)
+    g["block.bn.running_mean"] = torch.zeros(2)
+    g["block.bn.running_var"] = torch.ones(2)
+    g["block.bn.weight"] = torch.ones(2)
+    # Execute
+    keys = parameter_keys(g)
+    # Assert
+    assert keys == ["body.weight", "body.bias", "fc.weight", "fc.bias", "block.bn.weight"]
+
+
+def test_validate_accepts_one_client_and_refuses_none():
+    # Execute / Assert
+    FedGrad().validate(1)
+    with pytest.raises(ValueError, match="^FedGrad needs at least one client per round$"):
+        FedGrad().validate(0)
+
+
+# --------------------------------------------------------------------------- plain functions
+
+
+def test_num_attackers_is_the_fraction_of_the_round_rounded_down():
+    # Execute / Assert: int(0.25 x 8) = 2, int(0.3 x 9) = 2; an estimate overrides the fraction
+    assert FedGrad(attacker_fraction=0.25).num_attackers(8) == 2
+    assert FedGrad(attacker_fraction=0.3).num_attackers(9) == 2
+    assert FedGrad(num_attackers_estimate=3).num_attackers(8) == 3
+
+
+def test_clear_trusted_turns_integer_masks_into_boolean_ones():
+    # Prepare: 0/1 lists (not bool arrays); everybody suspicious is cleared, the fallback S1 is
+    # client 0.  The results are used with ``~`` (keep = ~final): they must be bool, since ~1 = -2
+    suspicious, s1 = [1, 1, 0], [1, 0, 0]
+    # Execute
+    final, cleared = clear_trusted(suspicious, [0.75, 0.9, 0.1], gamma=0.75, fallback=s1)
+    kept, _ = clear_trusted([1, 0, 1], [0.5, 0.9, 0.8], gamma=0.75)
+    # Assert
+    assert final.dtype == bool and cleared.dtype == bool
+    assert final.tolist() == [True, False, False] and cleared.tolist() == [False, True, False]
+    assert kept.dtype == bool and (~kept).tolist() == [False, True, True]
+
+
+def test_closeness_scores_of_two_clients_and_the_error_for_one():
+    # Prepare: K = 2: K - f - 2 = 0 neighbours, clipped to 1: each score is the one distance
+    rows = torch.tensor([[0.0, 0.5], [1.5, 0.5]])
+    # Execute / Assert
+    np.testing.assert_array_equal(closeness_scores(rows, 0), [2.25, 2.25])
+    with pytest.raises(ValueError, match="^closeness scores need at least two clients$"):
+        closeness_scores(rows[:1], 0)
+
+
+def test_distances_far_from_the_origin_are_exact_when_centred_on_the_global_model():
+    # Prepare: models at 1024 + (0, 2^-6, 2^-5) in one entry.  Uncentred, float32 products
+    # (1024 + 2^-6)^2 lose the 2^-12 that the distance is made of; centred on the global model
+    # (1024) the changes are exact and so are the distances 2^-12, 2^-10, 2^-12
+    center = torch.full((4,), 1024.0)
+    rows = center.repeat(3, 1)
+    rows[:, 2] += torch.tensor([0.0, 2.0**-6, 2.0**-5])
+    expected = np.array([[0.0, 2.0**-12, 2.0**-10], [2.0**-12, 0.0, 2.0**-12], [2.0**-10, 2.0**-12, 0.0]])
+    # Execute
+    plain = pairwise_sq_distances(rows, center=center)
+    by_runs = pairwise_sq_distances(rows, center=center, columns=[slice(0, 2), slice(2, 4)])
+    scores = closeness_scores(rows, 1, center=center)  # 1 neighbour
+    # Assert
+    np.testing.assert_array_equal(plain, expected)
+    np.testing.assert_array_equal(by_runs, expected)
+    np.testing.assert_array_equal(scores, [2.0**-12] * 3)
+
+
+def test_distances_summed_over_column_runs_in_float64():
+    # Prepare: run 1 (column 0) gives every Gram entry 4096, run 2 (column 2) adds 2^-12 or less;
+    # 4096 + 2^-12 is not a float32, so the runs' Gram matrices must be summed in float64
+    rows = torch.tensor([[64.0, 9.0, 0.0], [64.0, 9.0, 2.0**-6], [64.0, 9.0, 2.0**-5]])
+    # Execute
+    dists = pairwise_sq_distances(rows, columns=[slice(0, 1), slice(2, 3)])
+    # Assert
+    assert dists.dtype == np.float64
+    np.testing.assert_array_equal(dists[0], [0.0, 2.0**-12, 2.0**-10])
+    np.testing.assert_array_equal(dists[1], [2.0**-12, 0.0, 2.0**-12])
+
+
+def test_krum_scores_accept_an_integer_distance_matrix():
+    # Execute / Assert: 1 neighbour each; the result is float64
+    scores = krum_scores([[0, 1, 4], [1, 0, 9], [4, 9, 0]], 1)
+    assert scores.dtype == np.float64 and scores.tolist() == [1.0, 1.0, 4.0]
+
+
+def test_hard_filter_treats_rows_equal_to_12_decimals_as_identical():
+    # Prepare: two pairs of rows 3e-13 apart (rounding noise of the running means): one point
+    base = np.array([0.25, 0.75, 0.5, 1.0])
+    near = np.stack([base, base, base + 3e-13, base + 3e-13])
+    # Execute
+    s2, labels = hard_filter_split(near, np.array([0.0, 1.0, 2.0, 3.0]), seed=0)
+    # Assert
+    assert not s2.any() and labels.tolist() == [0, 0, 0, 0] and labels.dtype == np.int64
+
+
+def test_hard_filter_splits_groups_that_round_to_the_same_integers():
+    # Prepare: two groups well apart at 0.1 / 0.3 (both round to 0 at 0 decimals); client 2 has
+    # the lowest closeness score: its group {2, 3} is benign
+    rows = np.array([[0.1, 0.2], [0.1, 0.2], [0.3, 0.4], [0.3, 0.4]])
+    # Execute
+    s2, labels = hard_filter_split(rows, np.array([2.0, 2.0, 1.0, 2.0]), seed=0)
+    # Assert
+    assert s2.tolist() == [True, True, False, False]
+    assert labels.dtype == np.int64 and labels[0] == labels[1] != labels[2] == labels[3]
+
+
+def test_hard_filter_splits_two_distinct_clients():
+    # Prepare: K = 2 (the defense needs 4, the function does not): each its own cluster
+    s2, labels = hard_filter_split(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([3.0, 1.0]), seed=0)
+    # Assert: client 1 is the anchor
+    assert s2.tolist() == [True, False] and labels.dtype == np.int64 and labels[0] != labels[1]
+
+
+def test_kmeans_gets_the_defenses_n_init_and_seed(monkeypatch):
+    # Prepare: record the KMeans settings (the data decide nothing here)
+    import sklearn.cluster
+
+    seen = []
+
+    class Recording(sklearn.cluster.KMeans):
+        def __init__(self, **kwargs):
+            seen.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(sklearn.cluster, "KMeans", Recording)
+    rows = np.array([[0.1, 0.2], [0.1, 0.2], [0.3, 0.4], [0.3, 0.4]])
+    # Execute
+    hard_filter_split(rows, np.zeros(4), seed=5)
+    hard_filter_split(rows, np.zeros(4), seed=6, n_init=3)
+    # Assert: the documented default n_init is 10
+    assert seen == [
+        {"n_clusters": 2, "n_init": 10, "random_state": 5},
+        {"n_clusters": 2, "n_init": 3, "random_state": 6},
+    ]
