@@ -16,8 +16,10 @@ from fedgrad_core.defenses.fedgrad import (
     FedGrad,
     clear_trusted,
     closeness_scores,
+    cosine_matrix,
     hard_filter_split,
     krum_scores,
+    normalize_rows,
     pairwise_sq_distances,
     parameter_keys,
 )
@@ -296,3 +298,76 @@ def test_kmeans_gets_the_defenses_n_init_and_seed(monkeypatch):
         {"n_clusters": 2, "n_init": 10, "random_state": 5},
         {"n_clusters": 2, "n_init": 3, "random_state": 6},
     ]
+
+
+def test_cosines_are_clipped_to_minus_one_and_one():
+    # Prepare: v's unit vector has v.v = 1 + 2^-52 in float64; -v gives -1 - 2^-52
+    v = np.array([1 / 7, 5 / 3, 1.0])
+    assert (normalize_rows(v[None]) @ normalize_rows(v[None]).T)[0, 0] > 1.0
+    # Execute
+    cos = cosine_matrix(np.stack([v, -v]))
+    # Assert
+    np.testing.assert_array_equal(cos, [[1.0, -1.0], [-1.0, 1.0]])
+
+
+def test_a_zero_row_stays_zero_and_has_cosine_zero():
+    # Prepare
+    rows = np.array([[3.0, 4.0], [0.0, 0.0]])
+    # Execute / Assert
+    np.testing.assert_array_equal(normalize_rows(rows), [[0.6, 0.8], [0.0, 0.0]])
+    np.testing.assert_array_equal(cosine_matrix(rows), [[1.0, 0.0], [0.0, 0.0]])
+
+
+def test_distances_over_column_runs_add_up_every_run():
+    # Prepare: client 1 differs by 1 in run 1, by 2 in run 2 and by 5 in the column left out
+    rows = torch.tensor([[0.0, 0.0, 0.0], [1.0, 5.0, 2.0]])
+    # Execute
+    dists = pairwise_sq_distances(rows, columns=[slice(0, 1), slice(2, 3)])
+    # Assert: 1 + 4
+    np.testing.assert_array_equal(dists, [[0.0, 5.0], [5.0, 0.0]])
+
+
+def test_pair_history_grows_past_its_first_capacity():
+    # Prepare: 20 clients in round 0 (more than the 16 first allocated), 40 in round 1 (more
+    # than twice 20); bias changes along one of 3 classes, weights unchanged
+    defense = FedGrad(use_soft=False, use_trust=False, switch_round=99, gradient="update")
+
+    def round_of(ids):
+        return [client(c, fc__bias=torch.eye(3)[c % 3] * 0.25) for c in ids]
+
+    # Execute
+    defense.aggregate(G, round_of(range(20)), 0)
+    defense.aggregate(G, round_of(range(40)), 1)
+    # Assert: every pair of the first 20 met twice, every pair with a newcomer once; the
+    # by-class bias vectors of c and c' are equal (cosine 1, scaled 1) or orthogonal (0)
+    idx = [defense._pair_index[c] for c in range(40)]
+    n = defense._pair_n[np.ix_(idx, idx)]
+    assert n[:20, :20].min() == 2 and n[20:, :].max() == 1 and n[:, 20:].max() == 1
+    same = (np.arange(40)[:, None] % 3) == (np.arange(40)[None, :] % 3)
+    np.testing.assert_array_equal(defense._pair_b[np.ix_(idx, idx)], same.astype(np.float32))
+
+
+def test_bias_pair_history_is_a_running_mean_over_shared_rounds():
+    # Prepare: as the weight history test in test_fedgrad_rounds.py, with the bias half:
+    #   round 0, ids 0 1 2: biases (1,0,0) (0,1,0) (1,1,0) -> scaled [[1,0,0],[0,1,0],[r,r,1]]
+    #   round 1, ids 0 1 3: (1,0,0) (1,1,0) (0,1,0) -> scaled [[1,0,0],[r,1,r],[0,0,1]]
+    r = 1 / np.sqrt(2)
+    defense = FedGrad(use_soft=False, use_trust=False, switch_round=9, gradient="update")
+    rounds = [
+        [(0, (1, 0, 0)), (1, (0, 1, 0)), (2, (1, 1, 0))],
+        [(0, (1, 0, 0)), (1, (1, 1, 0)), (3, (0, 1, 0))],
+    ]
+    # Execute
+    for t, members in enumerate(rounds):
+        updates = [client(cid, fc__bias=0.25 * torch.tensor(v, dtype=torch.float32)) for cid, v in members]
+        defense.aggregate(G, updates, t)
+    # Assert
+    idx = np.ix_(*[[defense._pair_index[c] for c in range(4)]] * 2)
+    expected = np.array([
+        [1.0, 0.0, 0.0, 0.0],
+        [r / 2, 1.0, 0.0, r],
+        [r, r, 1.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ])
+    np.testing.assert_allclose(defense._pair_b[idx], expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(defense._pair_w[idx], np.zeros((4, 4)))
