@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fedgrad_core.defenses import ClientUpdate
 from fedgrad_core.defenses.fedgrad import (
@@ -17,6 +18,7 @@ from fedgrad_core.defenses.fedgrad import (
     clear_trusted,
     closeness_scores,
     cosine_matrix,
+    find_ultimate_layer,
     hard_filter_split,
     krum_scores,
     normalize_rows,
@@ -371,3 +373,117 @@ def test_bias_pair_history_is_a_running_mean_over_shared_rounds():
     ])
     np.testing.assert_allclose(defense._pair_b[idx], expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(defense._pair_w[idx], np.zeros((4, 4)))
+
+
+# --------------------------------------------------------------------------- through aggregate
+
+
+def test_ultimate_layer_is_the_last_two_dimensional_weight_and_errors_name_the_problem():
+    # Prepare: a 1-D "post.weight" (a norm layer's scale) after the last linear layer
+    with_norm = dict(G, **{"post.weight": torch.ones(3), "post.bias": torch.zeros(3)})
+    no_matrix = {"scale.weight": torch.ones(3), "scale.bias": torch.zeros(3)}
+    no_bias = {k: v for k, v in G.items() if k != "fc.bias"}
+    # Execute / Assert
+    assert find_ultimate_layer(with_norm) == ("fc.weight", "fc.bias")
+    no_weight = "^no 2-D floating weight in the model's state: cannot find the ultimate layer$"
+    with pytest.raises(ValueError, match=no_weight):
+        find_ultimate_layer(no_matrix)
+    no_bias_message = r"'fc.weight' has no bias 'fc.bias'; name the layer with ultimate_layer=\(weight_key, bias_key\)$"
+    with pytest.raises(ValueError, match=no_bias_message):
+        find_ultimate_layer(no_bias)
+
+
+class WithMask(nn.Module):
+    """A model with a float buffer that is no normalisation statistic (``mask``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(2, 2)
+        self.fc = nn.Linear(2, 3)
+        self.register_buffer("mask", torch.ones(2))
+
+
+def test_full_closeness_uses_the_model_factorys_parameter_names():
+    # Prepare: clients 0 and 1 make the same ultimate change and differ wildly in ``mask`` (a
+    # buffer the name rule would count); clients 2, 3 differ in the ultimate layer only.  Over
+    # the parameters: d(0, 1) = 0, d(2, 3) = 0.5, d(0, 2) = 0.375: client 0 anchors, S2 = {2, 3}
+    g = dict(G, mask=torch.ones(2))
+    assert set(g) == set(WithMask().state_dict())
+    ult = [torch.tensor([[0.25, 0.25], [0.0, 0.0], [0.0, 0.0]])] * 2 + [
+        torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 0.0]]),
+        torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.0, 0.0]]),
+    ]
+    masks = [torch.full((2,), 64.0), torch.full((2,), -64.0), torch.zeros(2), torch.zeros(2)]
+    updates = [client(i, g=g, fc__weight=ult[i], mask=masks[i]) for i in range(4)]
+    defense = FedGrad(use_soft=False, use_trust=False, switch_round=0, num_attackers_estimate=1, model_factory=WithMask)
+    # Execute
+    out = defense.aggregate(g, updates, 0)
+    # Assert
+    assert out.diagnostics["closeness"] == pytest.approx({"0": 0.0, "1": 0.0, "2": 0.375, "3": 0.375})
+    assert out.diagnostics["s2"] == [2, 3]
+
+
+def test_full_closeness_of_models_far_from_the_origin_is_exact():
+    # Prepare: every entry of the global model 1024 + x; clients move body.weight[0, 0] by
+    # 0, 1, 2, 3 x 2^-6.  Centred on the global model the changes and the squared distances are
+    # exact: nearest neighbours 2^-12 apart (1 neighbour for K = 4, f = 1)
+    g = {k: v + 1024.0 for k, v in G.items()}
+    step = torch.zeros(2, 2)
+    step[0, 0] = 2.0**-6
+    updates = [client(i, g=g, body__weight=i * step) for i in range(4)]
+    defense = FedGrad(use_soft=False, use_trust=False, switch_round=0, num_attackers_estimate=1)
+    # Execute
+    out = defense.aggregate(g, updates, 0)
+    # Assert
+    assert out.diagnostics["closeness"] == {str(i): 2.0**-12 for i in range(4)}
+
+
+def test_strict_factor_lowers_the_threshold_through_aggregate():
+    # Prepare: round 0 scaled scores H1 1, H2 1, L 0, X 1; round 1 X is low: running means
+    # 1, 1, 0, 1/2, median 3/4 -> eps1 = min(0.5, 3/4) = 0.5: X (0.5) is not strictly above;
+    # 0.5 x eps1 = 0.25 flags X too
+    def rounds(defense):
+        for r in range(2):
+            c = [3.0, 3.0, 1.0, 3.0 if r == 0 else 1.0]
+            out = defense.aggregate(G, [client(i, fc__weight=c[i] * E) for i in range(4)], r)
+        return out.diagnostics
+
+    # Execute
+    plain = rounds(FedGrad(use_hard=False, switch_round=9))
+    strict = rounds(FedGrad(use_hard=False, switch_round=9, strict_factor=0.5))
+    # Assert
+    assert plain["soft_scores"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.5}
+    assert plain["soft_threshold"] == 0.5 and plain["s1"] == [0, 1]
+    assert strict["soft_threshold"] == 0.25 and strict["s1"] == [0, 1, 3]
+    assert "clusters" not in strict  # no hard-filter round: no cluster labels
+
+
+def test_everyone_suspicious_says_why_the_previous_model_is_kept():
+    # Prepare: two clients, the soft filter with zeta = 0 flags the one with scaled score 1 and,
+    # after they swap, both (running means 1/2 > 0)
+    defense = FedGrad(zeta=0.0, use_hard=False, use_trust=False)
+    defense.aggregate(G, [client(0, fc__weight=3 * E), client(1, fc__weight=-E)], 0)
+    # Execute
+    out = defense.aggregate(G, [client(0, fc__weight=-E), client(1, fc__weight=3 * E)], 1)
+    # Assert
+    assert out.flagged == {0, 1}
+    assert out.diagnostics["kept_previous_model"] == "every client was suspicious"
+
+
+def test_the_defense_hands_its_kmeans_n_init_to_kmeans(monkeypatch):
+    # Prepare
+    import sklearn.cluster
+
+    seen = []
+
+    class Recording(sklearn.cluster.KMeans):
+        def __init__(self, **kwargs):
+            seen.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(sklearn.cluster, "KMeans", Recording)
+    updates = [client(i, fc__bias=torch.tensor([0.25 * (-1) ** i, 0.0, 0.0])) for i in range(4)]
+    # Execute
+    FedGrad(use_soft=False, use_trust=False, switch_round=0, kmeans_n_init=3, seed=4).aggregate(G, updates, 0)
+    # Assert
+    assert seen == [{"n_clusters": 2, "n_init": 3, "random_state": 4}]
