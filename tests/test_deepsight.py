@@ -642,3 +642,48 @@ def test_hdbscan_labels_of_a_single_model_is_cluster_0_as_int64():
     assert labels.dtype == np.int64 and labels.tolist() == [0]
     more = hdbscan_labels(np.array([[0.0], [0.0], [1.0], [1.0]]), precomputed=False, min_cluster_size=2)
     assert more.dtype == np.int64  # labels stay integers in the JSON diagnostics
+
+
+# --------------------------------------------------------------------------- hdbscan_labels' settings (mutmut)
+
+
+def test_hdbscan_labels_min_samples_changes_the_clusters():
+    # Prepare: 8 points; with min_cluster_size 3, min_samples 1 (single linkage on the plain
+    # distances) puts point 2 (4, 6) with the right-hand group; min_samples None (= 3) smooths the
+    # distances by each point's 3rd-nearest neighbour and puts it with the left-hand group
+    pts = np.array([[1, 9], [1, 11], [4, 6], [4, 11], [8, 7], [8, 9], [10, 9], [11, 8]], dtype=np.float64)
+    # Execute
+    one = hdbscan_labels(pts, precomputed=False, min_cluster_size=3, min_samples=1)
+    default = hdbscan_labels(pts, precomputed=False, min_cluster_size=3)
+    # Assert
+    assert one.tolist() == [0, 0, 1, 0, 1, 1, 1, 1]
+    assert default.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_hdbscan_labels_caps_min_samples_at_k_minus_1():
+    # Prepare: 4 points on a line in two pairs.  min_samples 10 is capped at K - 1 = 3: every
+    # point's core distance reaches across both pairs and no cluster survives (all noise); with
+    # 2 the pairs are two clusters
+    pts = np.array([[4.0], [5.0], [6.5], [7.0]])
+    # Execute
+    capped = hdbscan_labels(pts, precomputed=False, min_cluster_size=2, min_samples=10)
+    three = hdbscan_labels(pts, precomputed=False, min_cluster_size=2, min_samples=3)
+    two = hdbscan_labels(pts, precomputed=False, min_cluster_size=2, min_samples=2)
+    # Assert
+    assert capped.tolist() == three.tolist() == [-1, -1, -1, -1]
+    assert two.tolist() == [0, 0, 1, 1]
+
+
+def test_hdbscan_labels_of_a_distance_matrix_are_those_of_its_points():
+    # Prepare: 6 points (no tied distances) and their Euclidean distance matrix.  Read as 6
+    # feature rows (another metric), the matrix gives no cluster at all: it must be clustered as
+    # distances
+    pts = np.array([[5.75, 5.0], [6.75, 8.75], [8.75, 7.75], [9.75, 3.0], [9.0, 9.0], [2.0, 4.5]])
+    dist = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(axis=2))
+    # Execute
+    from_points = hdbscan_labels(pts, precomputed=False, min_cluster_size=2, min_samples=1)
+    from_matrix = hdbscan_labels(dist, precomputed=True, min_cluster_size=2, min_samples=1)
+    as_rows = hdbscan_labels(dist, precomputed=False, min_cluster_size=2, min_samples=1)
+    # Assert: the three upper points together, the two left ones together, (9.75, 3) is noise
+    assert from_points.tolist() == from_matrix.tolist() == [0, 1, 1, -1, 1, 0]
+    assert as_rows.tolist() == [-1] * 6
