@@ -18,12 +18,16 @@ from fedgrad_core.defenses.fedgrad import (
     clear_trusted,
     closeness_scores,
     cosine_matrix,
+    cosine_to,
     find_ultimate_layer,
     hard_filter_split,
     krum_scores,
+    min_max_scale,
     normalize_rows,
     pairwise_sq_distances,
     parameter_keys,
+    soft_filter,
+    soft_filter_threshold,
 )
 
 
@@ -487,3 +491,61 @@ def test_the_defense_hands_its_kmeans_n_init_to_kmeans(monkeypatch):
     FedGrad(use_soft=False, use_trust=False, switch_round=0, kmeans_n_init=3, seed=4).aggregate(G, updates, 0)
     # Assert
     assert seen == [{"n_clusters": 2, "n_init": 3, "random_state": 4}]
+
+
+# --------------------------------------------------------------------------- soft filter details
+
+
+def test_cosine_to_is_a_cosine_and_zero_for_a_zero_row():
+    # Prepare: (3, 4) against (0, 2): 8 / (5 x 2) = 0.8; a zero row has cosine 0
+    rows = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-3.0, -4.0]])
+    # Execute
+    cos = cosine_to(rows, torch.tensor([0.0, 2.0]))
+    # Assert
+    np.testing.assert_allclose(cos, [0.8, 0.0, -0.8], rtol=1e-15)
+
+
+def test_a_client_at_the_round_average_scores_zero_before_scaling():
+    # Prepare: c = 1, 2, 3 with counts 1, 2, 1 (weights 1/4, 1/2, 1/4, exact): cbar = 2, so
+    # client 1 sits exactly at W* (W_i - W* = 0): raw scores -1, 0, +1, scaled 0, 1/2, 1
+    updates = [client(i, n, fc__weight=c * E) for i, (c, n) in enumerate(((1.0, 1), (2.0, 2), (3.0, 1)))]
+    # Execute
+    out = FedGrad(use_hard=False, switch_round=9).aggregate(G, updates, 0)
+    # Assert
+    assert out.diagnostics["soft_scores"] == {"0": 0.0, "1": 0.5, "2": 1.0}
+
+
+def test_min_max_scale_of_one_none_and_equal_values():
+    # Execute / Assert: nothing to scale gives zeros (float64, also for integer input)
+    one, none, equal = min_max_scale([0.7]), min_max_scale([]), min_max_scale([3, 3, 3])
+    assert one.tolist() == [0.0] and none.tolist() == []
+    assert equal.dtype == np.float64 and equal.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_soft_threshold_defaults_to_zeta_one_half():
+    # Execute / Assert: median 0.9 is capped by the default zeta = 0.5
+    assert soft_filter_threshold([0.8, 0.9, 1.0]) == 0.5
+    assert soft_filter([0.8, 0.9, 1.0])[0] == 0.5
+
+
+def test_largest_gap_ignores_a_gap_that_ends_exactly_at_eps1():
+    # Prepare: eps1 = min(0.5, median 0.5625) = 0.5.  The widest gap (0.125 -> 0.5) ends at
+    # eps1, where nobody is flagged; of the gaps ending above it the widest is 0.625 -> 0.875
+    scores = [0.0, 0.125, 0.5, 0.625, 0.875, 1.0]
+    # Execute
+    threshold, flagged = soft_filter(scores, rule="largest_gap")
+    # Assert
+    assert threshold == 0.625 and flagged.tolist() == [False] * 4 + [True] * 2
+
+
+def test_threshold_and_range_errors_say_exactly_what_is_wrong():
+    # Execute / Assert: the messages, whole (half-open ranges shown with "(")
+    with pytest.raises(ValueError, match="^soft_filter_threshold needs at least one score$"):
+        soft_filter_threshold([])
+    message = "^strict_factor scales the median threshold; it cannot be combined with 'largest_gap'$"
+    with pytest.raises(ValueError, match=message):
+        soft_filter_threshold([0.5], strict_factor=0.5, rule="largest_gap")
+    with pytest.raises(ValueError, match=r"^strict_factor must lie in \(0.0, 1.0\], got 0$"):
+        FedGrad(strict_factor=0)
+    with pytest.raises(ValueError, match=r"^zeta must lie in \[0.0, 1.0\], got 1.5$"):
+        FedGrad(zeta=1.5)
