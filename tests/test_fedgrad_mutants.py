@@ -549,3 +549,71 @@ def test_threshold_and_range_errors_say_exactly_what_is_wrong():
         FedGrad(strict_factor=0)
     with pytest.raises(ValueError, match=r"^zeta must lie in \[0.0, 1.0\], got 1.5$"):
         FedGrad(zeta=1.5)
+
+
+# --------------------------------------------------------------------------- constructor
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"zeta": 1.5}, "zeta must lie in [0.0, 1.0], got 1.5"),
+        ({"zeta": float("nan")}, "zeta must be a finite number, got nan"),
+        ({"gamma": -0.5}, "gamma must lie in [0.0, 1.0], got -0.5"),
+        ({"lambda1": 1.5}, "lambda1 must lie in [0.0, 1.0], got 1.5"),
+        ({"lambda2": 1.5}, "lambda2 must lie in [0.0, 1.0], got 1.5"),
+        (
+            {"lambda1": 0.5, "lambda2": 0.5},
+            "lambda1 (instant trust of a suspicious client, 0.5) must be below lambda2 (that of a clean one, 0.5)",
+        ),
+        ({"switch_round": -1}, "switch_round must be an integer >= 0, got -1"),
+        ({"use_soft": "yes"}, "use_soft must be True or False, got 'yes'"),
+        ({"use_hard": 1}, "use_hard must be True or False, got 1"),
+        ({"use_trust": None}, "use_trust must be True or False, got None"),
+        ({"use_soft": False, "use_hard": False}, "use_soft and use_hard are both False: FedGrad would flag nobody"),
+        ({"num_attackers_estimate": -1}, "num_attackers_estimate must be an integer >= 0, got -1"),
+        ({"attacker_fraction": 1.5}, "attacker_fraction must lie in [0.0, 1.0], got 1.5"),
+        ({"attacker_fraction": 1.0}, "attacker_fraction must be below 1, got 1.0"),
+        ({"strict_factor": 1.5}, "strict_factor must lie in (0.0, 1.0], got 1.5"),
+        (
+            {"strict_factor": 0.5, "soft_threshold": "largest_gap"},
+            "strict_factor scales the median threshold; it cannot be combined with 'largest_gap'",
+        ),
+        ({"soft_threshold": "mean"}, "soft_threshold must be one of ['median', 'largest_gap'], got 'mean'"),
+        ({"trust_decay": 0.0}, "trust_decay must lie in (0.0, 1.0], got 0.0"),
+        ({"gradient": "raw"}, "gradient must be one of ['update', 'authors'], got 'raw'"),
+        ({"bias": "authors"}, "bias must be one of ['update', 'raw'], got 'authors'"),
+        ({"closeness": "krum"}, "closeness must be one of ['full', 'ultimate'], got 'krum'"),
+        ({"fallback": "all"}, "fallback must be one of ['s1', 'none'], got 'all'"),
+        ({"kmeans_n_init": 0}, "kmeans_n_init must be an integer >= 1, got 0"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        (
+            {"ultimate_layer": ("fc.weight",)},
+            "ultimate_layer must be a pair of state-dict keys (weight, bias), got ('fc.weight',)",
+        ),
+        ({"model_factory": 3}, "model_factory must be a zero-argument callable returning an nn.Module"),
+        ({"model_factory": dict}, "model_factory must return an nn.Module, got dict"),
+    ],
+)
+def test_each_invalid_parameter_gets_its_whole_message(params, message):
+    # Execute
+    with pytest.raises(ValueError) as info:
+        FedGrad(**params)
+    # Assert
+    assert str(info.value) == message
+
+
+def test_constructor_defaults_and_boundary_values():
+    # Execute
+    defense = FedGrad()
+    edge = FedGrad(num_attackers_estimate=0, zeta=1.0, gamma=0.0, lambda1=0.0, lambda2=1.0, attacker_fraction=0.0,
+                   strict_factor=1.0, trust_decay=1.0, ultimate_layer=["fc.weight", "fc.bias"])
+    # Assert: the documented defaults; the closed ends of the ranges are accepted
+    assert (defense.zeta, defense.gamma, defense.lambda1, defense.lambda2) == (0.5, 0.75, 0.25, 1.0)
+    assert (defense.switch_round, defense.kmeans_n_init, defense.seed) == (50, 10, 0)
+    assert (defense.attacker_fraction, defense.strict_factor, defense.num_attackers_estimate) == (0.25, None, None)
+    assert (defense.gradient, defense.bias, defense.closeness, defense.fallback) == ("authors", "update", "full", "s1")
+    assert defense.use_soft and defense.use_hard and defense.use_trust
+    assert defense.ultimate_layer is None and defense.parameter_names is None
+    assert edge.num_attackers(8) == 0 and edge.ultimate_layer == ("fc.weight", "fc.bias")
+    assert (edge.zeta, edge.gamma, edge.lambda1, edge.strict_factor, edge.trust_decay) == (1.0, 0.0, 0.0, 1.0, 1.0)
