@@ -15,6 +15,11 @@ table times evaluation (``training.predict``) at several batch sizes.
 
     python benchmarks/bench_training.py                 # every model, about 2 minutes on 2 cores
     python benchmarks/bench_training.py --models lenet --repeats 5
+    python benchmarks/bench_training.py --device cuda --sizes paper   # on a GPU, the paper's rounds
+
+On CUDA every timed call ends with ``torch.cuda.synchronize()`` (kernels run asynchronously), the
+floor's data sit on the GPU, and the simulation's data stay on the CPU as in a run (each batch is
+copied over when drawn; batched training copies the round's samples once).
 """
 
 from __future__ import annotations
@@ -40,6 +45,28 @@ SETTINGS = {
     "vgg9": ((3, 32, 32), 6, 24, 1),
 }
 
+#: The paper's rounds (``--sizes paper``), for a GPU: CIFAR-10 over 200 clients (250 images each,
+#: K = 10) for VGG-9; EMNIST over 3,383 clients (about 100 images each, K = 30) for LeNet and the
+#: MNIST CNN; 2 local epochs.
+PAPER_SETTINGS = {
+    "digits_mlp": ((1, 8, 8), 10, 90, 2),
+    "cnn_mnist": ((1, 28, 28), 30, 100, 2),
+    "lenet": ((1, 28, 28), 30, 100, 2),
+    "vgg9": ((3, 32, 32), 10, 250, 2),
+}
+
+
+def synchronised(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """``fn`` followed by a wait for the device's queued kernels (a no-op on the CPU)."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def call() -> None:
+        fn()
+        torch.cuda.synchronize()
+
+    return call
+
 
 def synthetic_clients(shape, k: int, mean_size: int, seed: int = 0) -> list[Split]:
     gen = torch.Generator().manual_seed(seed)
@@ -63,41 +90,43 @@ def bare_loop(model: torch.nn.Module, clients: list[Split], settings: LocalTrain
                 opt.step()
 
 
-def bench_model(name: str, repeats: int) -> None:
-    shape, k, mean_size, epochs = SETTINGS[name]
+def bench_model(name: str, repeats: int, device: str = "cpu", sizes: dict = SETTINGS) -> None:
+    shape, k, mean_size, epochs = sizes[name]
     clients = synthetic_clients(shape, k, mean_size)
     settings = LocalTraining(lr=0.02, epochs=epochs, batch_size=32)
     samples = epochs * sum(len(c) for c in clients)
     model = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
     global_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    worker = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
-    floor_model = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
+    worker = make_model(name, in_channels=shape[0], num_classes=10, seed=0).to(device)
+    floor_model = make_model(name, in_channels=shape[0], num_classes=10, seed=0).to(device)
+    floor_clients = [Split(c.x.to(device), c.y.to(device)) for c in clients]
     data = dict(enumerate(clients))
 
     def sim(batched: bool):
         gens = {c: torch.Generator().manual_seed(100 + c) for c in data}
-        train_clients(worker, global_state, data, gens, settings, "cpu", batched=batched)
+        train_clients(worker, global_state, data, gens, settings, device, batched=batched)
 
     t = interleaved_medians(
-        {"floor": lambda: bare_loop(floor_model, clients, settings),
-         "sequential": lambda: sim(False), "batched": lambda: sim(True)},
+        {"floor": synchronised(lambda: bare_loop(floor_model, floor_clients, settings), device),
+         "sequential": synchronised(lambda: sim(False), device),
+         "batched": synchronised(lambda: sim(True), device)},
         repeats,
     )
-    auto = "batched" if use_client_batching("auto", name, worker, "cpu") else "sequential"
+    auto = "batched" if use_client_batching("auto", name, worker, device) else "sequential"
     rate = {m: samples / s for m, s in t.items()}
     print(f"{name:<11} K={k:<3} {samples:>6} {rate['floor']:>9.0f} {rate['sequential']:>9.0f} "
           f"{rate['batched']:>9.0f} {t['sequential'] / t['floor']:>10.2f}x {t['floor'] / t['batched']:>9.2f}x "
           f"{t['sequential'] / t['batched']:>9.2f}x  {auto}", flush=True)
 
 
-def bench_eval(name: str, repeats: int, n: int = 2048) -> None:
+def bench_eval(name: str, repeats: int, n: int = 2048, device: str = "cpu") -> None:
     shape = SETTINGS[name][0]
-    model = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
+    model = make_model(name, in_channels=shape[0], num_classes=10, seed=0).to(device)
     x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(1))
     sizes = (64, 128, 256, 1000)
 
     def evaluate(bs: int) -> Callable[[], object]:
-        return lambda: predict(model, x, batch_size=bs)
+        return synchronised(lambda: predict(model, x, batch_size=bs, device=device), device)
 
     t = interleaved_medians({str(bs): evaluate(bs) for bs in sizes}, repeats)
     print(f"{name:<11} " + " ".join(f"{n / t[str(bs)]:>9.0f}" for bs in sizes), flush=True)
@@ -109,21 +138,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-eval", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--sizes", choices=["bench", "paper"], default="bench",
+                        help="bench: small rounds for a 2-core CPU; paper: the paper's rounds (for a GPU)")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device")
     torch.set_num_threads(args.threads)
+    sizes = PAPER_SETTINGS if args.sizes == "paper" else SETTINGS
     print(hardware())
+    print(f"device {args.device}, {args.sizes} sizes (model: input shape, K, mean samples per client, "
+          f"epochs): {sizes}")
     print(f"local training, samples/s (median of {args.repeats}, alternating); batch 32, lr 0.02, momentum 0.9")
     print(f"{'model':<11} {'K':<5} {'samples':>6} {'floor':>9} {'sequential':>9} {'batched':>9} "
-          f"{'seq/floor':>11} {'speed-up':>10} {'seq/batch':>10}  auto (cpu)")
+          f"{'seq/floor':>11} {'speed-up':>10} {'seq/batch':>10}  auto ({torch.device(args.device).type})")
     for name in args.models:
-        bench_model(name, args.repeats)
-    print(f"(target: seq/floor <= 1.25; speed-up = floor time / batched time; auto on CPU batches "
-          f"{sorted(BATCHED_BY_DEFAULT['cpu'])})")
+        bench_model(name, args.repeats, args.device, sizes)
+    kind = torch.device(args.device).type
+    print(f"(target: seq/floor <= 1.25; speed-up = floor time / batched time; auto on {kind} batches "
+          f"{sorted(BATCHED_BY_DEFAULT.get(kind, ()))})")
     if not args.no_eval:
         print("\nevaluation (training.predict under inference_mode), samples/s by batch size")
         print(f"{'model':<11} {'64':>9} {'128':>9} {'256':>9} {'1000':>9}")
         for name in args.models:
-            bench_eval(name, args.repeats)
+            bench_eval(name, args.repeats, device=args.device)
 
 
 if __name__ == "__main__":

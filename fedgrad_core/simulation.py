@@ -216,8 +216,13 @@ def run_round(
         worker, global_state, data, generators, benign, device, batched=batched, attack=attack, pool=pool, ctx=ctx
     )
 
+    # The server works on the CPU whatever device the clients trained on: the defenses' matrices
+    # and clusterings (scikit-learn) are CPU code.  A no-op (no copy) when training ran there.
+    server_global, server_updates = on_cpu(global_state), [
+        ClientUpdate(u.client_id, on_cpu(u.state), u.num_samples) for u in updates
+    ]
     started = time.perf_counter()
-    aggregate = defense.aggregate(global_state, updates, round_idx)
+    aggregate = defense.aggregate(server_global, server_updates, round_idx)
     seconds = time.perf_counter() - started
     model.load_state_dict(aggregate.global_state)
 
@@ -365,6 +370,11 @@ def pretrained_state(config: ExperimentConfig, task: Task, device: str) -> dict[
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FEDGRAD_CACHE", Path.home() / ".cache" / "fedgrad" / "cache"))
+
+
+def on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every tensor on the CPU; tensors already there are the same objects, not copies."""
+    return {k: v.cpu() for k, v in state.items()}
 
 
 def _detached(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -214,12 +214,21 @@ def local_train_batched(
 #: a shared 2-core CPU, LeNet evaluated 1.3-1.9x faster in batches of 64-128 than of 1000.
 EVAL_BATCH = 128
 
+#: On a GPU the per-call overhead dominates small batches: on an H200, batches of 1,000 evaluated
+#: 1.5x (VGG-9) to 2.9x (the MNIST CNN) faster than batches of 128 (benchmarks/RESULTS.md, GPU).
+EVAL_BATCH_CUDA = 1024
 
-def predict(model: nn.Module, x: Tensor, *, batch_size: int = EVAL_BATCH, device: torch.device | str = "cpu") -> Tensor:
+
+def predict(
+    model: nn.Module, x: Tensor, *, batch_size: Optional[int] = None, device: torch.device | str = "cpu"
+) -> Tensor:
     """Predicted labels for ``x`` (on the CPU), in batches under ``torch.inference_mode``.
 
-    The labels are written into one preallocated tensor; the model is left in eval mode.
+    ``batch_size`` defaults to ``EVAL_BATCH`` on the CPU and ``EVAL_BATCH_CUDA`` on a GPU.  The
+    labels are written into one preallocated tensor; the model is left in eval mode.
     """
+    if batch_size is None:
+        batch_size = EVAL_BATCH_CUDA if torch.device(device).type == "cuda" else EVAL_BATCH
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
