@@ -286,3 +286,125 @@ def test_function_weights_the_round_with_default_kappa_and_clips_when_asked():
     expected_clipped = g + c[0] * deltas[0] / 2 + (c[1] * deltas[1] + c[2] * deltas[2]) / 2 ** 0.5
     assert raw.global_state["w"].tolist() == pytest.approx(expected_raw.tolist(), abs=1e-6)
     assert clipped.global_state["w"].tolist() == pytest.approx(expected_clipped.tolist(), abs=1e-6)
+
+
+# --------------------------------------------------------------------------- from mutmut survivors (clip_norm re-run)
+
+
+def test_pardoning_never_raises_a_similarity_towards_a_less_similar_client():
+    # Prepare: histories h0..h3 with norms sqrt(5), 2, sqrt(14), sqrt(14).  Cosines: c01 = 1/sqrt(5),
+    # c02 = 5/sqrt(70), c03 = 4/sqrt(70), c12 = -2/(2 sqrt(14)), c13 = -4/(2 sqrt(14)), c23 = 9/14.
+    # v = (5/sqrt(70), 1/sqrt(5), 9/14, 9/14).  Client 0's similarities are pardoned only towards
+    # clients with a larger v (2 and 3), never towards client 1 (v1 < v0): its largest becomes
+    # c02 v0 / v2 = 5/9 (not c01 v0 / v1 = v0), so alpha0 = 4/9.  alpha1 = 1 - c01 v1 / v0 =
+    # 1 - sqrt(70)/25, alpha2 = alpha3 = 1 - 9/14 (c23 between equal v: not pardoned)
+    history = torch.tensor([[-1.0, 0.0, -2.0], [-2.0, 0.0, 0.0], [1.0, -2.0, -3.0], [2.0, 1.0, -3.0]],
+                           dtype=torch.float64)
+    alpha = np.array([4 / 9, 1 - math.sqrt(70) / 25, 5 / 14, 5 / 14]) / (1 - math.sqrt(70) / 25)
+    alpha[alpha >= 1] = 0.99
+    expected = np.clip(np.log(alpha / (1 - alpha)) + 0.5, 0.0, 1.0)
+    # Execute
+    weights = foolsgold_weights(history)
+    # Assert: client 0 keeps weight 1 (logit(0.668) + 0.5 > 1); pardoning towards client 1 would give 0.925
+    assert expected[0] == 1.0 and 0 < expected[2] < 1
+    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-12)
+
+
+def test_weights_are_reported_in_ascending_client_id_whatever_the_arrival_order():
+    # Prepare: three clients arriving as 9, 2, 5
+    g = {"w": torch.zeros(2)}
+    updates = [ClientUpdate(9, {"w": torch.tensor([0.5, 0.0])}, 1), ClientUpdate(2, {"w": torch.tensor([0.0, 0.5])}, 3),
+               ClientUpdate(5, {"w": torch.tensor([0.25, 0.25])}, 2)]
+    # Execute
+    out = make_defense("foolsgold").aggregate(g, updates, 0)
+    again = make_defense("foolsgold").aggregate(g, updates[::-1], 0)
+    # Assert
+    assert list(out.diagnostics["weights"]) == ["2", "5", "9"]
+    assert out.diagnostics == again.diagnostics and torch.equal(out.global_state["w"], again.global_state["w"])
+
+
+def test_clip_norms_are_taken_in_float64():
+    # Prepare: |(1, 2^-12)|^2 = 1 + 2^-24, which float32 rounds to 1: only a float64 norm sees
+    # that the row is (just) above the bound 1
+    rows = torch.tensor([[1.0, 2.0**-12]])
+    # Execute
+    scales = clip_rows_(rows, 1.0)
+    # Assert
+    assert scales.tolist() == [1.0 / math.sqrt(1.0 + 2.0**-24)]
+
+
+def two_rounds_of_history(**params):
+    defense = make_defense("foolsgold", **params)
+    g = {"w": torch.zeros(2)}
+    defense.aggregate(g, [ClientUpdate(7, {"w": torch.tensor([0.5, 0.0])}, 1),
+                          ClientUpdate(8, {"w": torch.tensor([0.0, 0.5])}, 1)], 0)
+    defense.aggregate(g, [ClientUpdate(3, {"w": torch.tensor([0.25, 0.5])}, 1),
+                          ClientUpdate(7, {"w": torch.tensor([0.0, 0.25])}, 1)], 1)
+    return defense, g
+
+
+def test_saved_history_has_ascending_ids_float32_rows_and_the_settings():
+    # Prepare
+    defense, _ = two_rounds_of_history()
+    # Execute
+    state = defense.state_dict()
+    empty = make_defense("foolsgold").state_dict()
+    # Assert
+    assert (state["defense"], state["version"], state["features"], state["clip_norm"]) == ("foolsgold", 2, "all", 1.0)
+    assert state["client_ids"].dtype == torch.int64 and state["client_ids"].tolist() == [3, 7, 8]
+    assert state["history"].dtype == torch.float32
+    assert state["history"].tolist() == [[0.25, 0.5], [0.5, 0.25], [0.0, 0.5]]
+    assert empty["client_ids"].dtype == torch.int64 and empty["client_ids"].numel() == 0
+    assert empty["history"].dtype == torch.float32 and empty["history"].shape == (0, 0)
+    state["history"][0, 0] = 9.0  # a copy: the defense's history is not changed
+    assert defense.history[3].tolist() == [0.25, 0.5]
+
+
+def test_loaded_history_continues_like_the_uninterrupted_defense():
+    # Prepare
+    straight, g = two_rounds_of_history()
+    resumed = make_defense("foolsgold")
+    resumed.load_state_dict(two_rounds_of_history()[0].state_dict())
+    make_defense("foolsgold").load_state_dict(make_defense("foolsgold").state_dict())  # empty round trip
+    updates = [ClientUpdate(8, {"w": torch.tensor([0.25, 0.0])}, 2),
+               ClientUpdate(3, {"w": torch.tensor([0.0, 0.5])}, 1)]
+    # Execute
+    a, b = straight.aggregate(g, updates, 2), resumed.aggregate(g, updates, 2)
+    # Assert
+    assert a.diagnostics == b.diagnostics and torch.equal(a.global_state["w"], b.global_state["w"])
+    assert sorted(resumed.history) == [3, 7, 8]
+    assert all(torch.equal(resumed.history[c], straight.history[c]) for c in (3, 7, 8))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"features": "ultimate"}, "defense 'foolsgold': the saved history is over features='ultimate', "
+                                   "this run uses features='all'"),
+        ({"clip_norm": None}, "defense 'foolsgold': the saved history is over clip_norm=None, "
+                              "this run uses clip_norm=1.0"),
+        ({"client_ids": torch.tensor([3, 7, 3])},
+         "defense 'foolsgold': saved state entry 'client_ids' repeats a client id"),
+        ({"history": torch.zeros((3, 2), dtype=torch.float64)},
+         "defense 'foolsgold': saved state entry 'history' should be a torch.float32 tensor of shape (3, '*'), "
+         "found a torch.float64 tensor of shape (3, 2)"),
+        ({"client_ids": [3, 7, 8]},
+         "defense 'foolsgold': saved state entry 'client_ids' should be a torch.int64 tensor of shape ('*',), "
+         "found a list"),
+    ],
+)
+def test_a_saved_history_that_does_not_fit_is_refused_by_name(change, message):
+    # Prepare
+    state = dict(two_rounds_of_history()[0].state_dict(), **change)
+    # Execute
+    with pytest.raises(ValueError) as info:
+        make_defense("foolsgold").load_state_dict(state)
+    # Assert
+    assert str(info.value) == message
+
+
+def test_a_saved_history_without_an_entry_is_refused():
+    state = two_rounds_of_history()[0].state_dict()
+    del state["history"]
+    with pytest.raises(ValueError, match=r"lacks \['history'\]$"):
+        make_defense("foolsgold").load_state_dict(state)
