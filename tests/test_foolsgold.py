@@ -408,3 +408,18 @@ def test_a_saved_history_without_an_entry_is_refused():
     del state["history"]
     with pytest.raises(ValueError, match=r"lacks \['history'\]$"):
         make_defense("foolsgold").load_state_dict(state)
+
+
+def test_the_function_reports_weights_by_ascending_id_and_keeps_the_rows_paired():
+    # Prepare: rows given in the order 9, 2, 5 (the class sorts first; the function must too).
+    # Clients 9 and 5 have parallel histories (weight 0), client 2 is orthogonal to them (weight 1)
+    g = {"w": torch.zeros(2)}
+    updates = [ClientUpdate(9, {"w": torch.tensor([0.5, 0.0])}, 1), ClientUpdate(2, {"w": torch.tensor([0.0, 0.5])}, 1),
+               ClientUpdate(5, {"w": torch.tensor([0.25, 0.0])}, 1)]
+    history = torch.tensor([[0.5, 0.0], [0.0, 0.5], [0.25, 0.0]])
+    # Execute
+    out = foolsgold(g, updates, history)
+    # Assert: only client 2's update is averaged in
+    assert list(out.diagnostics["weights"]) == ["2", "5", "9"]
+    assert out.diagnostics["weights"] == {"2": 1.0, "5": 0.0, "9": 0.0}
+    assert out.global_state["w"].tolist() == [0.0, 0.5]
