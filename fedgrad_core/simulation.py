@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -218,9 +218,10 @@ def run_round(
 
     # The server works on the CPU whatever device the clients trained on: the defenses' matrices
     # and clusterings (scikit-learn) are CPU code.  A no-op (no copy) when training ran there.
-    server_global, server_updates = on_cpu(global_state), [
-        ClientUpdate(u.client_id, on_cpu(u.state), u.num_samples) for u in updates
-    ]
+    server_global, server_updates = (
+        on_cpu(global_state),
+        [ClientUpdate(u.client_id, on_cpu(u.state), u.num_samples) for u in updates],
+    )
     started = time.perf_counter()
     aggregate = defense.aggregate(server_global, server_updates, round_idx)
     seconds = time.perf_counter() - started
@@ -373,7 +374,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FEDGRAD_CACHE", Path.home() / ".cache" / "fedgrad" / "cache"))
 
 
-def on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def on_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` with every tensor on the CPU; tensors already there are the same objects, not copies."""
     return {k: v.cpu() for k, v in state.items()}
 

@@ -1,0 +1,128 @@
+"""fedgrad_core.pages: what the experiment notebooks share (parameters -> Page -> configs, captions)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fedgrad_core.config import ExperimentConfig
+from fedgrad_core.pages import Page, display_name, parse_injected, per_dataset, t_interval
+from fedgrad_core.results import RunResult
+
+#: A notebook's parameters cell at the quick profile of Table 2 (two data sets, per-data-set values).
+QUICK = dict(
+    profile="quick", datasets=["cifar10", "mnist"], attacks=["blackbox"], seeds=[0, 1], rounds=12, switch_round=3,
+    deepsight_noise_samples=500, models={"cifar10": "vgg9_slim", "mnist": "cnn_mnist"},
+    num_clients={"cifar10": 500, "mnist": 600}, clients_per_round={"cifar10": 10, "mnist": 10},
+    edge_examples={"cifar10": 100, "mnist": None}, local_epochs=2, pretrain_epochs={"cifar10": 6, "mnist": 2},
+    eval_every=3, phi=0.5, window=3, executor="sequential", workers=None, out_dir="results/x",
+)
+
+
+def test_parse_injected_turns_papermill_text_back_into_lists_and_dicts():
+    # Prepare: what `papermill -p` leaves in the namespace
+    ns = {"defenses": '["fedavg", "fedgrad"]', "edge": '{"mnist": null}', "pairs": "[(1, 2), None]",
+          "profile": "quick", "_private": "[1]", "rounds": 5}
+    # Execute
+    parse_injected(ns)
+    # Assert: JSON first (null), then Python literals (tuples, None); plain strings and private names untouched
+    assert ns == {"defenses": ["fedavg", "fedgrad"], "edge": {"mnist": None}, "pairs": [(1, 2), None],
+                  "profile": "quick", "_private": "[1]", "rounds": 5}
+
+
+def test_parse_injected_names_the_parameter_it_cannot_read():
+    with pytest.raises(ValueError, match="parameter 'seeds'"):
+        parse_injected({"seeds": "[0, 1"})
+
+
+def test_per_dataset_reads_a_single_value_or_a_dict():
+    assert per_dataset(6, "mnist") == 6
+    assert per_dataset({"cifar10": 6, "mnist": 2}, "mnist") == 2
+    with pytest.raises(KeyError, match="'emnist'"):
+        per_dataset({"mnist": 2}, "emnist")
+
+
+def test_from_parameters_takes_the_shared_fields_and_ignores_the_page_s_own():
+    page = Page.from_parameters(QUICK)
+    assert page.rounds == 12 and page.deepsight_noise_samples == 500 and page.executor == "sequential"
+    assert not hasattr(page, "attacks") and not hasattr(page, "window")  # the page keeps its own
+    # optional fields keep their defaults when a page does not set them
+    minimal = {k: v for k, v in QUICK.items() if k not in ("phi", "models", "edge_examples", "deepsight_noise_samples")}
+    page = Page.from_parameters(minimal)
+    assert page.phi == 0.5 and page.models == {} and page.edge_examples == {} and page.deepsight_noise_samples is None
+
+
+def test_config_builds_the_run_the_old_notebook_code_built():
+    # Prepare
+    page = Page.from_parameters(QUICK)
+    # Execute
+    got = page.config("cifar10", "fedgrad", "pgd", 1, poisoned_data_rate=0.33)
+    # Assert: every field as the notebooks set it (a different config would miss the run cache)
+    want = ExperimentConfig(
+        dataset="cifar10", model="vgg9_slim", num_clients=500, clients_per_round=10, rounds=12, local_epochs=2,
+        pretrain_epochs=6, eval_every=3, partition="phi", noniid=0.5, attack="pgd", defense="fedgrad",
+        defense_params={"switch_round": 3}, seed=1, attack_params={"num_edge": 100}, poisoned_data_rate=0.33,
+    )
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    ("defense", "attack", "defense_params", "want_defense", "want_attack"),
+    [
+        ("deepsight", "blackbox", None, {"num_noise_samples": 500}, {"num_edge": 100}),
+        # DBA is not an edge-case attack: no num_edge
+        ("fedgrad", "dba", {"use_trust": False}, {"switch_round": 3, "use_trust": False}, {}),
+        ("fedgrad", "blackbox", {"switch_round": 7}, {"switch_round": 7}, {"num_edge": 100}),  # explicit params win
+        ("krum", "ultimate_mimic", None, {}, {"num_edge": 100}),
+    ],
+)
+def test_config_gives_each_defense_and_attack_its_page_parameters(defense, attack, defense_params, want_defense,
+                                                                    want_attack):
+    got = Page.from_parameters(QUICK).config("cifar10", defense, attack, 0, defense_params)
+    assert dict(got.defense_params) == want_defense and dict(got.attack_params) == want_attack
+
+
+def test_config_leaves_deepsight_and_edge_sizes_at_their_defaults_when_the_page_does_not_set_them():
+    page = Page.from_parameters({**QUICK, "deepsight_noise_samples": None})
+    got = page.config("mnist", "deepsight", "blackbox", 0)  # mnist: edge_examples None
+    assert dict(got.defense_params) == {} and dict(got.attack_params) == {}
+    assert got.model == "cnn_mnist" and got.pretrain_epochs == 2 and got.num_clients == 600
+
+
+def test_settings_note_puts_the_paper_beside_ours_and_bolds_what_differs():
+    # Prepare: one data set, the paper agrees on K and differs on rounds; says nothing of epochs of pretraining
+    page = Page.from_parameters({**QUICK, "datasets": ["cifar10"]})
+    paper = {"cifar10": {"clients per round K": 10, "rounds": 1000, "PDR": 0.33}}
+    # Execute
+    note = page.settings_note(paper, {"cifar10": {"PDR": 0.33}})
+    # Assert
+    rows = {line.split(" | ")[0].strip("| "): line for line in note.splitlines() if line.startswith("| ")}
+    assert rows["rounds"] == "| rounds | **12** | 1000 |"
+    assert rows["clients per round K"] == "| clients per round K | 10 | 10 |"
+    assert rows["pretraining epochs"] == "| pretraining epochs | 6 | – |"
+    assert rows["PDR"] == "| PDR | 0.33 | 0.33 |"
+    assert rows["model"] == "| model | vgg9_slim | – |"
+    assert "profile `quick`" in note and "| CIFAR-10: this page | CIFAR-10: the paper |" in note
+
+
+def test_caption_is_the_provenance_line_of_every_run_in_italics():
+    page = Page.from_parameters(QUICK)
+    meta = {"data_source": "offline copy", "hardware": "cpu-x", "device": "cpu", "git_commit": "0123456789ab"}
+    runs = {"a": [RunResult(ExperimentConfig(seed=0), [], meta)], "b": [RunResult(ExperimentConfig(seed=4), [], meta)]}
+    assert page.caption(runs) == (
+        "*Measured: profile quick, seeds [0, 4], data offline copy, hardware cpu-x [cpu], commit 01234567.*"
+    )
+    assert page.caption(runs["a"]).startswith("*Measured: profile quick, seeds [0],")
+
+
+def test_t_interval_is_the_student_t_interval_of_the_mean():
+    # two values 1 and 3: mean 2, s = sqrt(2), half-width t_{0.975,1} * s / sqrt(2) = 12.7062
+    low, high = t_interval([1.0, 3.0])
+    assert math.isclose(low, 2 - 12.706204736, rel_tol=1e-8) and math.isclose(high, 2 + 12.706204736, rel_tol=1e-8)
+    assert t_interval([0.4]) == (0.4, 0.4)  # one seed: no interval
+
+
+def test_display_names_are_the_readers_names():
+    assert display_name("pgd_mr") == "PGD + MR" and display_name("mnist") == "MNIST"
+    assert display_name("my_new_defense") == "my_new_defense"
