@@ -687,3 +687,36 @@ def test_hdbscan_labels_of_a_distance_matrix_are_those_of_its_points():
     # Assert: the three upper points together, the two left ones together, (9.75, 3) is noise
     assert from_points.tolist() == from_matrix.tolist() == [0, 1, 1, -1, 1, 0]
     assert as_rows.tolist() == [-1] * 6
+
+
+# --------------------------------------------------------------------------- input shape and noise (mutmut)
+
+
+def test_infer_input_shape_of_flat_models_square_grey_colour_and_plain():
+    # Prepare: first Linear layers with 784 = 28^2, 192 = 3 x 8^2 and 10 input features
+    from torch import nn
+
+    grey = nn.Sequential(nn.Flatten(), nn.Linear(784, 4))
+    colour = nn.Sequential(nn.Flatten(), nn.Linear(192, 4))
+    plain = nn.Sequential(nn.Linear(10, 4))
+    # Execute / Assert: a square image first (1 or 3 channels), else the flat vector
+    assert infer_input_shape(grey) == (1, 28, 28)
+    assert infer_input_shape(colour) == (3, 8, 8)
+    assert infer_input_shape(plain) == (10,)
+    with pytest.raises(ValueError) as info:
+        infer_input_shape(nn.Sequential(nn.ReLU()))
+    assert str(info.value) == "DeepSight cannot infer the input shape (no Conv2d/Linear); pass input_shape"
+
+
+def test_noise_batches_come_from_the_given_generator():
+    # Prepare: the same seed twice; the global RNG is moved in between (it must not matter)
+    normal = DeepSight(model_factory=DIGITS, noise="normal")
+    uniform = DeepSight(model_factory=DIGITS, noise="uniform")
+    # Execute
+    a = normal._noise_batch(torch.Generator().manual_seed(5), 2, (3,))
+    torch.rand(7)
+    b = normal._noise_batch(torch.Generator().manual_seed(5), 2, (3,))
+    u = uniform._noise_batch(torch.Generator().manual_seed(5), 2, (3,))
+    # Assert
+    assert torch.equal(a, b) and torch.equal(a, torch.randn((2, 3), generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(u, torch.rand((2, 3), generator=torch.Generator().manual_seed(5)))
