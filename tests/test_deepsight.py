@@ -720,3 +720,42 @@ def test_noise_batches_come_from_the_given_generator():
     # Assert
     assert torch.equal(a, b) and torch.equal(a, torch.randn((2, 3), generator=torch.Generator().manual_seed(5)))
     assert torch.equal(u, torch.rand((2, 3), generator=torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"model_factory": None}, "DeepSight needs model_factory: the DDifs run every local model on noise inputs, "
+                                  "so the defense must be able to build the run's architecture"),
+        ({"model_factory": 3}, "model_factory must be a zero-argument callable returning an nn.Module"),
+        ({"tau": 0.0}, "tau must lie in (0, 1], got 0.0"),
+        ({"tau": 1.5}, "tau must lie in (0, 1], got 1.5"),
+        ({"num_seeds": 0}, "num_seeds, num_noise_samples and noise_batch_size must be >= 1"),
+        ({"num_noise_samples": 0}, "num_seeds, num_noise_samples and noise_batch_size must be >= 1"),
+        ({"noise_batch_size": 0}, "num_seeds, num_noise_samples and noise_batch_size must be >= 1"),
+        ({"noise": "gauss"}, "noise must be 'normal' or 'uniform', got 'gauss'"),
+        ({"min_cluster_size": 1}, "HDBSCAN needs min_cluster_size >= 2 and min_samples >= 1 (or None), got 1 and None"),
+        ({"min_samples": 0}, "HDBSCAN needs min_cluster_size >= 2 and min_samples >= 1 (or None), got 5 and 0"),
+        ({"num_classes": 1}, "num_classes must be >= 2, got 1"),
+    ],
+)
+def test_each_refused_deepsight_setting_gets_its_whole_message(params, message):
+    # Execute
+    with pytest.raises(ValueError) as info:
+        DeepSight(**{"model_factory": DIGITS, **params})
+    # Assert
+    assert str(info.value) == message
+
+
+def test_deepsight_defaults_and_the_smallest_accepted_settings():
+    # Execute
+    default = DeepSight(model_factory=DIGITS)
+    edge = DeepSight(model_factory=DIGITS, tau=1.0, num_seeds=1, num_noise_samples=1, noise_batch_size=1,
+                     min_cluster_size=2, min_samples=1, num_classes=2, input_shape=[1, 28, 28])
+    # Assert: the documented defaults (library HDBSCAN settings, 3 seeds of 2,000 uniform inputs)
+    assert (default.seed, default.tau, default.num_seeds) == (0, 1.0 / 3.0, 3)
+    assert (default.num_noise_samples, default.noise_batch_size, default.noise) == (2000, 500, "uniform")
+    assert (default.min_cluster_size, default.min_samples, default.allow_single_cluster) == (5, None, False)
+    assert default.sample_weighted is True and default.num_classes is None and default.input_shape is None
+    assert (edge.tau, edge.num_seeds, edge.min_cluster_size, edge.min_samples, edge.num_classes) == (1.0, 1, 2, 1, 2)
+    assert edge.input_shape == (1, 28, 28)
