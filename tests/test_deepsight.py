@@ -219,15 +219,21 @@ def test_clipping_to_the_median_norm_of_all_updates():
         assert torch.allclose(uniform.global_state[key], expected_u, atol=1e-5)
 
 
-def test_all_rejected_keeps_the_previous_model():
-    # Prepare: nobody changed the output layer -> TE 0 for all -> all suspicious
-    global_state = _copy(DIGITS().state_dict())
+def _output_layer_unchanged(global_state: dict, k: int) -> list[ClientUpdate]:
+    """K clients that moved every layer but the output layer: TE 0 for all, so all suspicious."""
     updates = []
-    for i in range(4):
+    for i in range(k):
         state = _shifted(global_state, torch.Generator().manual_seed(i), 0.01)
         state["classifier.weight"] = global_state["classifier.weight"].clone()
         state["classifier.bias"] = global_state["classifier.bias"].clone()
         updates.append(ClientUpdate(i, state, 10))
+    return updates
+
+
+def test_all_rejected_keeps_the_previous_model():
+    # Prepare: nobody changed the output layer -> TE 0 for all -> all suspicious
+    global_state = _copy(DIGITS().state_dict())
+    updates = _output_layer_unchanged(global_state, 4)
     # Execute
     result = DeepSight(model_factory=DIGITS, num_noise_samples=500).aggregate(global_state, updates, 1)
     # Assert
@@ -575,12 +581,7 @@ def test_clipping_scales_small_updates_to_the_bound():
 def test_all_rejected_says_why():
     # Prepare: as test_all_rejected_keeps_the_previous_model (no output-layer change: all suspicious)
     global_state = _copy(DIGITS().state_dict())
-    updates = []
-    for i in range(3):
-        state = _shifted(global_state, torch.Generator().manual_seed(i), 0.01)
-        state["classifier.weight"] = global_state["classifier.weight"].clone()
-        state["classifier.bias"] = global_state["classifier.bias"].clone()
-        updates.append(ClientUpdate(i, state, 10))
+    updates = _output_layer_unchanged(global_state, 3)
     # Execute
     result = DeepSight(model_factory=DIGITS, num_noise_samples=100).aggregate(global_state, updates, 1)
     # Assert

@@ -30,28 +30,23 @@ from fedgrad_core.defenses.fedgrad import (
     soft_filter_threshold,
 )
 
-
-def tiny_global() -> dict[str, torch.Tensor]:
-    return {
-        "body.weight": torch.tensor([[0.5, -0.25], [0.75, 1.0]]),
-        "body.bias": torch.tensor([0.25, -0.5]),
-        "fc.weight": torch.tensor([[0.5, -0.5], [0.25, 0.75], [-1.0, 0.5]]),
-        "fc.bias": torch.tensor([0.5, -0.25, 0.125]),
-    }
+from test_fedgrad_rounds import E, G, client  # the tiny model of that file (see the docstring)
 
 
-G = tiny_global()
-E = torch.full((3, 2), 0.25)
+@pytest.fixture
+def kmeans_calls(monkeypatch) -> list[dict]:
+    """The keyword arguments of every ``sklearn.cluster.KMeans`` built during the test."""
+    import sklearn.cluster
 
+    seen: list[dict] = []
 
-def client(cid: int, n: int = 1, g: dict | None = None, **changes: torch.Tensor) -> ClientUpdate:
-    """``g`` (default ``G``) plus the given changes (keys with dots written as ``__``)."""
-    g = G if g is None else g
-    state = {k: v.clone() for k, v in g.items()}
-    for key, delta in changes.items():
-        name = key.replace("__", ".")
-        state[name] = state[name] + delta
-    return ClientUpdate(cid, state, n)
+    class Recording(sklearn.cluster.KMeans):
+        def __init__(self, **kwargs):
+            seen.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(sklearn.cluster, "KMeans", Recording)
+    return seen
 
 
 # --------------------------------------------------------------------------- saved state
@@ -283,18 +278,9 @@ def test_hard_filter_splits_two_distinct_clients():
     assert s2.tolist() == [True, False] and labels.dtype == np.int64 and labels[0] != labels[1]
 
 
-def test_kmeans_gets_the_defenses_n_init_and_seed(monkeypatch):
+def test_kmeans_gets_the_defenses_n_init_and_seed(kmeans_calls):
     # Prepare: record the KMeans settings (the data decide nothing here)
-    import sklearn.cluster
-
-    seen = []
-
-    class Recording(sklearn.cluster.KMeans):
-        def __init__(self, **kwargs):
-            seen.append(kwargs)
-            super().__init__(**kwargs)
-
-    monkeypatch.setattr(sklearn.cluster, "KMeans", Recording)
+    seen = kmeans_calls
     rows = np.array([[0.1, 0.2], [0.1, 0.2], [0.3, 0.4], [0.3, 0.4]])
     # Execute
     hard_filter_split(rows, np.zeros(4), seed=5)
@@ -474,18 +460,9 @@ def test_everyone_suspicious_says_why_the_previous_model_is_kept():
     assert out.diagnostics["kept_previous_model"] == "every client was suspicious"
 
 
-def test_the_defense_hands_its_kmeans_n_init_to_kmeans(monkeypatch):
+def test_the_defense_hands_its_kmeans_n_init_to_kmeans(kmeans_calls):
     # Prepare
-    import sklearn.cluster
-
-    seen = []
-
-    class Recording(sklearn.cluster.KMeans):
-        def __init__(self, **kwargs):
-            seen.append(kwargs)
-            super().__init__(**kwargs)
-
-    monkeypatch.setattr(sklearn.cluster, "KMeans", Recording)
+    seen = kmeans_calls
     updates = [client(i, fc__bias=torch.tensor([0.25 * (-1) ** i, 0.0, 0.0])) for i in range(4)]
     # Execute
     FedGrad(use_soft=False, use_trust=False, switch_round=0, kmeans_n_init=3, seed=4).aggregate(G, updates, 0)
