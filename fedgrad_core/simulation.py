@@ -218,10 +218,8 @@ def run_round(
 
     # The server works on the CPU whatever device the clients trained on: the defenses' matrices
     # and clusterings (scikit-learn) are CPU code.  A no-op (no copy) when training ran there.
-    server_global, server_updates = (
-        on_cpu(global_state),
-        [ClientUpdate(u.client_id, on_cpu(u.state), u.num_samples) for u in updates],
-    )
+    server_global = on_cpu(global_state)
+    server_updates = [ClientUpdate(u.client_id, on_cpu(u.state), u.num_samples) for u in updates]
     started = time.perf_counter()
     aggregate = defense.aggregate(server_global, server_updates, round_idx)
     seconds = time.perf_counter() - started
