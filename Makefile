@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# The exact versions installed (pip constraints); pyproject.toml states the ranges the library accepts.
+LOCK   := requirements/lock.txt
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
 
 # Data and caches stay inside the checkout unless the caller points elsewhere.
 export FEDGRAD_DATA_ROOT ?= $(CURDIR)/data
@@ -13,14 +15,14 @@ export FEDGRAD_CACHE ?= $(CURDIR)/cache
 # CI builds smoke (.ci/run)
 PROFILE ?= quick
 
-.PHONY: install test test-fast book bench clean mutants lint
+.PHONY: install test test-fast oldest book bench clean mutants lint
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,book,flower]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[test,book,flower]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -30,10 +32,38 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# The oldest versions pyproject.toml allows of numpy, scikit-learn, scipy, pandas and tqdm
+# (requirements/oldest.txt; torch and pytest from the lock), in their own venv, with the fast tests.
+OLDEST := $(VENV)-oldest
+oldest:
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	grep -vE '^(numpy|scikit-learn|scipy|pandas|tqdm)==' $(LOCK) > $(OLDEST)/lock-rest.txt
+	$(OLDEST)/bin/python -m pip install --quiet --only-binary=numpy,scikit-learn,scipy,pandas -c requirements/oldest.txt \
+		-c $(OLDEST)/lock-rest.txt -e '.[test]' numpy scikit-learn scipy pandas tqdm
+	$(OLDEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(numpy|scikit-learn|scipy|pandas|tqdm|torch) '
+	$(OLDEST)/bin/python -m pytest -m "not slow" -q -p no:cacheprovider
+
 book: $(STAMP)
 	$(BIN)/python -m ipykernel install --sys-prefix --name fedgrad --display-name "fedgrad (.venv)" > /dev/null
 	$(BIN)/python book/run_notebooks.py --profile $(PROFILE)
 	$(BIN)/python book/execution_table.py
+	$(BIN)/python book/record.py stage
+	$(BIN)/python book/headline.py
+	$(BIN)/jupyter-book build -W --keep-going book
+
+# The committed record of the executed notebooks (book/record/), and the site built from it.
+#   make record   after make book: copies book/experiments/ into $(RECORD) with a manifest (profile,
+#                 seeds, commit, hardware, date, source hash per notebook); refuses stale notebooks
+#   make site     the book from $(RECORD): no data, no runs, a few minutes (what Pages publishes)
+RECORD ?= book/record
+.PHONY: record site
+record: $(STAMP)
+	$(BIN)/python book/record.py save --to $(RECORD)
+
+site: $(STAMP)
+	$(BIN)/python book/record.py restore --from $(RECORD)
+	$(BIN)/python book/headline.py
+	rm -rf book/_build
 	$(BIN)/jupyter-book build -W --keep-going book
 
 # Mutation testing of fedgrad_core/defenses/ with the fast unit tests ([tool.mutmut] in pyproject.toml).
