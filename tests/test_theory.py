@@ -14,6 +14,7 @@ from fedgrad_core.theory import (
     expected_rounds_all_clients,
     expected_rounds_bound,
     proposition1_sign_pattern,
+    simulate_rounds_until_connected,
     simulate_rounds_until_covered,
 )
 
@@ -107,6 +108,39 @@ def test_expected_rounds_all_clients_small_case():
     # n = 2, k = 1: coupon collector with two coupons, 1 + 2 = 3 rounds
     assert expected_rounds_all_clients(2, 1) == pytest.approx(3.0)
     assert math.isclose(expected_rounds_all_clients(7, 7), 1.0)
+
+
+def test_connected_lies_between_every_client_joined_and_every_pair_met():
+    # one repetition with the same seed draws the same rounds for all three events
+    for seed in range(20):
+        clients = simulate_rounds_until_covered(12, 3, pairs=False, repetitions=1, seed=seed)
+        connected = simulate_rounds_until_connected(12, 3, repetitions=1, seed=seed)
+        pairs = simulate_rounds_until_covered(12, 3, pairs=True, repetitions=1, seed=seed)
+        assert clients <= connected <= pairs
+    assert simulate_rounds_until_connected(9, 9, repetitions=5, seed=0) == 1.0
+
+
+def test_connected_small_case_by_hand():
+    # n = 3, K = 2: the first round joins one pair; every later round brings a new pair (and so
+    # connects the graph) with probability 2/3: 1 + 3/2 = 2.5 rounds on average
+    assert simulate_rounds_until_connected(3, 2, repetitions=4000, seed=0) == pytest.approx(2.5, abs=0.06)
+
+
+def test_connected_at_n100_is_under_theorem1_bound_and_near_the_papers_numbers():
+    # the transitive reading of Theorem 1: the graph of clients who have met is connected after
+    # about 24 rounds at K = 20 and 50 at K = 10 (the paper: "roughly 25", "about 50"), under the
+    # bound 90.3 / 116.8, and close to every client having joined (23.9 / 49.9)
+    for k, expected, bound in [(20, 24.0, 90.3), (10, 50.0, 116.8)]:
+        mean = simulate_rounds_until_connected(100, k, repetitions=60, seed=0)
+        assert mean == pytest.approx(expected, abs=2.5)
+        assert mean < expected_rounds_bound(100, k) == pytest.approx(bound, abs=0.05)
+        assert mean >= expected_rounds_all_clients(100, k) - 2.0
+
+
+@pytest.mark.parametrize("n, k, reps", [(3, 1, 1), (3, 4, 1), (3.0, 2, 1), (5, 2, 0)])
+def test_connected_rejects_bad_sizes(n, k, reps):
+    with pytest.raises(ValueError):
+        simulate_rounds_until_connected(n, k, repetitions=reps)
 
 
 # --------------------------------------------------------------------------- many steps on one class
