@@ -1,4 +1,4 @@
-"""FedGrad's opt-in variants beyond the paper (issue 11): ``soft_threshold="largest_gap"`` and
+"""FedGrad's opt-in variants beyond the paper: ``soft_threshold="largest_gap"`` and
 ``trust_decay``.  Hand-checkable inputs on which each option gives a different answer from the
 faithful default, and the default reproducing the faithful result.
 
@@ -234,3 +234,31 @@ def test_decayed_trust_survives_a_state_round_trip_and_is_refused_by_the_faithfu
     assert restored.aggregate(G, round_four(), 4).flagged == {H1, H2}
     with pytest.raises(ValueError, match="'trust_count' should be a torch.int64 tensor"):
         FedGrad().load_state_dict(state)
+
+
+def test_trust_decay_ages_an_entry_by_the_clients_own_rounds_not_by_the_rounds_it_skipped():
+    # Prepare: clients 0 (HIGH: flagged) and 1, 2 (LOW: clean) take part in two rounds.  The
+    # defense "gaps" runs eight rounds of three other clients between them; "no_gaps" does not.
+    # A skipped round must not age the history: both end with the same trust, the hand value of
+    # two participations.
+    def together():
+        return [soft_client(0, HIGH), soft_client(1, LOW), soft_client(2, LOW)]
+
+    gaps, no_gaps = (FedGrad(use_hard=False, switch_round=1000, trust_decay=0.5) for _ in range(2))
+    # Execute
+    no_gaps.aggregate(G, together(), 1)
+    no_gaps.aggregate(G, together(), 2)
+    gaps.aggregate(G, together(), 1)
+    for r in range(2, 10):
+        gaps.aggregate(G, [soft_client(100, HIGH), soft_client(101, LOW), soft_client(102, LOW)], r)
+    out = gaps.aggregate(G, together(), 10)
+    # Assert: decay 0.5 per participation, start 0.5 included:
+    # flagged twice: (0.5 * 0.25 + 0.25 * 0.5 + 0.25) / (0.25 + 0.5 + 1) = 0.5 / 1.75
+    # clean twice:   (0.5 * 0.25 + 1 * 0.5 + 1) / 1.75 = 1.625 / 1.75
+    assert out.flagged == {0}
+    for defense in (gaps, no_gaps):
+        assert defense.trust_of(0) == pytest.approx(0.5 / 1.75, abs=1e-12)
+        assert defense.trust_of(1) == pytest.approx(1.625 / 1.75, abs=1e-12)
+    # a client seen only in the skipped rounds aged by its eight rounds, not by the others'
+    clean_eight = (0.5 * 0.5**8 + sum(0.5**a for a in range(8))) / sum(0.5**a for a in range(9))
+    assert gaps.trust_of(101) == pytest.approx(clean_eight)

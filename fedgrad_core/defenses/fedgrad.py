@@ -101,8 +101,8 @@ Paper versus the authors' code: what this module does, and why
 * ``round_idx`` is taken as the simulation passes it; the hard filter and the trust score act
   when ``round_idx >= switch_round``.
 
-Opt-in variants beyond the paper (issue 11; the defaults are the paper's and the authors' rule)
------------------------------------------------------------------------------------------------
+Opt-in variants beyond the paper (the defaults are the paper's and the authors' rule)
+-------------------------------------------------------------------------------------
 Neither the paper nor the authors' code has these; they exist to test whether FedGrad's benign
 false positives (about half of every round flagged by the median threshold, see above) can be
 lowered without letting attackers through.  ``notebooks/beyond_exclusion.ipynb`` measures them.
@@ -117,9 +117,12 @@ lowered without letting attackers through.  ``notebooks/beyond_exclusion.ipynb``
   ``eps1``, so ``S1`` is a subset of the median rule's: it can only lower the FPR and the TPR.
   ``strict_factor`` is not combined with it (``ValueError``).
 * ``trust_decay=d`` in (0, 1] (default ``None``: the plain mean): a trust score that forgives with
-  time.  The trust is the exponentially weighted mean of the history, an entry ``a`` rounds old
-  weighted ``d**a`` (the starting 0.5 included), so a client's recent rounds outweigh its first
-  ones.  ``d = 1`` is the plain mean.  With a decay the saved state's ``trust_count`` holds the
+  the client's own participation.  The trust is the exponentially weighted mean of the history,
+  an entry weighted ``d**a`` where ``a`` is the number of rounds the client has *joined* since the
+  entry was appended (the starting 0.5 included, aged from the client's first round).  Rounds the
+  client skips do not age its history: a client that returns after 100 rounds away has the trust
+  it left with, and its recent participations outweigh its first ones.  ``d = 1`` is the plain
+  mean.  With a decay the saved state's ``trust_count`` holds the
   weighted count as float64 (an int64 count without it, as before).
 """
 
@@ -680,7 +683,7 @@ class FedGrad(Defense):
             final, cleared = suspicious, np.zeros(k, dtype=bool)
         for cid, bad in zip(ids, final):
             total, count = self._trust.get(cid, (0.5, 1))
-            if self.trust_decay is not None:  # older entries (the start included) weigh decay**age
+            if self.trust_decay is not None:  # entries (the start included) weigh decay**(later rounds joined)
                 total, count = self.trust_decay * total, self.trust_decay * count
             self._trust[cid] = [total + (self.lambda1 if bad else self.lambda2), count + 1]
 
