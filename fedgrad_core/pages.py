@@ -51,35 +51,98 @@ DISPLAY_NAMES = {
 #: Attacks whose poison is an edge-case set (``edge_examples`` sets its size).
 EDGE_CASE_ATTACKS = ("blackbox", "pgd", "pgd_mr", "ultimate_mimic")
 
-#: Section 5.1's settings and the authors' code, for the edge-case pages (Table 2, Figure 6, the
-#: adaptive attack); the paper's EMNIST settings stand beside our MNIST.
-PAPER_EDGE_CASE_SETTINGS: dict[str, dict[str, Any]] = {
+#: The two sources of the reference settings beside a page's own: what the paper states, and what
+#: only the authors' public code sets (``AUTHORS_CODE_URL`` at ``AUTHORS_CODE_COMMIT``).
+PAPER, AUTHORS_CODE = "the paper", "the authors' code"
+AUTHORS_CODE_URL = "https://github.com/judydnguyen/FedGrad_Backdoor_Attack"
+AUTHORS_CODE_COMMIT = "e98a682"
+
+#: The derived row of every settings table: how often a client takes part, on average.
+JOINS_ROW = "expected joins per client (rounds x K / N)"
+
+#: Reference settings of the edge-case pages (Table 2, Figure 6, the adaptive attack), per data set:
+#: {PAPER: what section 5.1 and Table 2's caption state, AUTHORS_CODE: what only the authors' code
+#: sets}.  The paper's EMNIST settings stand beside our MNIST.
+PAPER_EDGE_CASE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "cifar10": {
-        "data set": "CIFAR-10",
-        "model": "vgg9",
-        "clients N": 200,
-        "clients per round K": 10,
-        "rounds": 1000,
-        "local epochs": 2,
-        "seeds": 1,
-        "PDR": 0.33,
-        "edge-case examples": 200,
-        "DeepSight noise inputs per seed": 2000,
+        PAPER: {"data set": "CIFAR-10", "model": "vgg9", "clients per round K": 10, "rounds": 1000, "PDR": 0.33},
+        AUTHORS_CODE: {
+            "clients N": 200,
+            "local epochs": 2,
+            "edge-case examples": 200,
+            "DeepSight noise inputs per seed": 2000,
+            "FedGrad switch_round": 50,
+        },
     },
     "mnist": {
-        "data set": "EMNIST",
-        "model": "lenet",
-        "clients N": 3383,
-        "clients per round K": 30,
-        "rounds": 1000,
-        "local epochs": 2,
-        "seeds": 1,
-        "PDR": 0.5,
-        "edge-case examples": 100,
-        "DeepSight noise inputs per seed": 2000,
+        PAPER: {"data set": "EMNIST", "model": "lenet", "clients per round K": 30, "rounds": 1000, "PDR": 0.5},
+        AUTHORS_CODE: {
+            "clients N": 3383,
+            "local epochs": 2,
+            "edge-case examples": 100,
+            "DeepSight noise inputs per seed": 2000,
+            "FedGrad switch_round": 50,
+        },
     },
 }
-PAPER_EDGE_CASE_SETTINGS["emnist"] = dict(PAPER_EDGE_CASE_SETTINGS["mnist"])
+PAPER_EDGE_CASE_SETTINGS["emnist"] = PAPER_EDGE_CASE_SETTINGS["mnist"]
+
+#: Table 3 (trigger attacks): section 5.1 (K, "CNN / ResNet-18"), Table 1 (learning rates, epochs,
+#: scale factors) and Table 3's caption (400 rounds); the number of clients and MNIST's 10 per round are those of
+#: the DBA code (Xie et al. 2020) the authors' code takes its trigger attacks from.
+PAPER_TRIGGER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "mnist": {
+        PAPER: {
+            "data set": "MNIST",
+            "model": "cnn_mnist",
+            "clients per round K": 20,
+            "rounds": 400,
+            "local epochs": 2,
+            "benign lr": 0.1,
+            "poison lr": 0.1,
+            "scale (constrain-and-scale, DBA)": 100,
+        },
+        AUTHORS_CODE: {"clients N": 100, "clients per round K": 10},
+    },
+    "cifar10": {
+        PAPER: {
+            "data set": "CIFAR-10",
+            "model": "resnet18",
+            "clients per round K": 10,
+            "rounds": 400,
+            "local epochs": 2,
+            "benign lr": 0.1,
+            "poison lr": 0.1,
+            "scale (constrain-and-scale, DBA)": 20,
+        },
+        AUTHORS_CODE: {"clients N": 100},
+    },
+}
+
+#: Table 4 (FedGrad's components): CIFAR-10, black-box, TPR / FPR over 100 rounds (its caption).
+PAPER_COMPONENTS_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "cifar10": {
+        PAPER: {"data set": "CIFAR-10", "model": "vgg9", "clients per round K": 10, "rounds": 100, "PDR": 0.33},
+        AUTHORS_CODE: {"clients N": 200, "local epochs": 2, "edge-case examples": 200},
+    }
+}
+
+#: Figure 7 (stability): PGD on EMNIST within 500 rounds (its caption), section 5.1's defaults.
+PAPER_STABILITY_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "mnist": {
+        PAPER: {"data set": "EMNIST", "model": "lenet", "clients per round K": 30, "rounds": 500, "PDR": 0.5},
+        AUTHORS_CODE: {"clients N": 3383, "local epochs": 2, "edge-case examples": 100},
+    }
+}
+PAPER_STABILITY_SETTINGS["emnist"] = PAPER_STABILITY_SETTINGS["mnist"]
+
+#: Figure 8 (non-IID degree): PGD on CIFAR-10 (section 5.5); the paper gives no number of rounds.
+PAPER_NONIID_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "cifar10": {
+        PAPER: {"data set": "CIFAR-10", "model": "vgg9", "clients per round K": 10, "PDR": 0.33},
+        AUTHORS_CODE: {"clients N": 200, "local epochs": 2, "edge-case examples": 200},
+    }
+}
 
 
 def display_name(key: str) -> str:
@@ -212,9 +275,17 @@ class Page:
     def settings_note(
         self, paper: Mapping[str, Mapping[str, Any]], extra: Optional[Mapping[str, Mapping[str, Any]]] = None
     ) -> str:
-        """Markdown table of this page's settings beside the paper's; **bold**: reduced or changed."""
+        """Markdown table of this page's settings beside the reference settings; **bold**: reduced or
+        changed from the reference (the paper's value where it states one, else the authors' code's).
+
+        ``paper``: {data set: {PAPER: {...}, AUTHORS_CODE: {...}}} (``PAPER_*_SETTINGS``): one column
+        for what the paper states and one for what only the authors' code sets, and the derived
+        row ``JOINS_ROW``.  A flat {data set: {...}} whose source is not told apart is shown in one
+        column headed "the paper or the authors' code".
+        """
         rows: dict[str, list[str]] = {}
         columns: list[str] = []
+        sourced = all(set(v) <= {PAPER, AUTHORS_CODE} for v in paper.values())
         for d in self.datasets:
             ours = {
                 "data set": display_name(d),
@@ -226,17 +297,44 @@ class Page:
                 "pretraining epochs": per_dataset(self.pretrain_epochs, d),
                 "evaluated every (rounds)": self.eval_every,
                 "seeds": len(self.seeds),
+                "FedGrad switch_round": self.switch_round,
                 **(extra or {}).get(d, {}),
             }
-            theirs = paper.get(d, {})
-            columns += [f"{display_name(d)}: this page", f"{display_name(d)}: the paper"]
+            ours[JOINS_ROW] = _joins(ours)
+            if sourced:
+                stated = dict(paper.get(d, {}).get(PAPER, {}))
+                code = dict(paper.get(d, {}).get(AUTHORS_CODE, {}))
+                code_joins = _joins({**stated, **code})
+                if code_joins != "–":
+                    code[JOINS_ROW] = code_joins
+                sources = [stated, code]
+                columns += [
+                    f"{display_name(d)}: this page",
+                    f"{display_name(d)}: {PAPER}",
+                    f"{display_name(d)}: {AUTHORS_CODE}",
+                ]
+            else:
+                sources = [dict(paper.get(d, {}))]
+                columns += [f"{display_name(d)}: this page", f"{display_name(d)}: {PAPER} or {AUTHORS_CODE}"]
             for key, value in ours.items():
-                other = theirs.get(key, "–")
-                shown = f"**{value}**" if other != "–" and str(other) != str(value) else str(value)
-                rows.setdefault(key, []).extend([shown, str(other)])
+                others = [src.get(key, "–") for src in sources]
+                reference = next((o for o in others if o != "–"), "–")
+                shown = f"**{value}**" if reference != "–" and str(reference) != str(value) else str(value)
+                rows.setdefault(key, []).extend([shown] + [str(o) for o in others])
         lines = ["| setting | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
         lines += [f"| {key} | " + " | ".join(values) + " |" for key, values in rows.items()]
+        code_link = f"[{AUTHORS_CODE}]({AUTHORS_CODE_URL}) (commit {AUTHORS_CODE_COMMIT})"
         return (
-            f"Settings of this page (profile `{self.profile}`); **bold**: reduced or changed from the paper's.\n\n"
-            + "\n".join(lines)
+            f"Settings of this page (profile `{self.profile}`) beside what {PAPER} states and what only "
+            f"{code_link} sets; **bold**: reduced or changed from the paper's value (the code's where the "
+            "paper states none); –: not stated.\n\n" + "\n".join(lines)
         )
+
+
+def _joins(settings: Mapping[str, Any]) -> str:
+    """rounds x K / N, the expected number of rounds a client joins; "–" without all three."""
+    try:
+        value = float(settings["rounds"]) * float(settings["clients per round K"]) / float(settings["clients N"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return "–"
+    return f"{value:.3g}"

@@ -7,7 +7,23 @@ import math
 import pytest
 
 from fedgrad_core.config import ExperimentConfig
-from fedgrad_core.pages import Page, display_name, parse_injected, per_dataset, t_interval
+from fedgrad_core.pages import (
+    AUTHORS_CODE,
+    AUTHORS_CODE_COMMIT,
+    AUTHORS_CODE_URL,
+    JOINS_ROW,
+    PAPER,
+    PAPER_COMPONENTS_SETTINGS,
+    PAPER_EDGE_CASE_SETTINGS,
+    PAPER_NONIID_SETTINGS,
+    PAPER_STABILITY_SETTINGS,
+    PAPER_TRIGGER_SETTINGS,
+    Page,
+    display_name,
+    parse_injected,
+    per_dataset,
+    t_interval,
+)
 from fedgrad_core.results import RunResult
 
 #: A notebook's parameters cell at the quick profile of Table 2 (two data sets, per-data-set values).
@@ -90,20 +106,62 @@ def test_config_leaves_deepsight_and_edge_sizes_at_their_defaults_when_the_page_
     assert got.model == "cnn_mnist" and got.pretrain_epochs == 2 and got.num_clients == 600
 
 
-def test_settings_note_puts_the_paper_beside_ours_and_bolds_what_differs():
-    # Prepare: one data set, the paper agrees on K and differs on rounds; says nothing of epochs of pretraining
+def test_settings_note_puts_the_paper_and_the_authors_code_in_their_own_columns():
+    # Prepare: the paper states K and rounds; only the authors' code sets N; nobody pretraining epochs
     page = Page.from_parameters({**QUICK, "datasets": ["cifar10"]})
-    paper = {"cifar10": {"clients per round K": 10, "rounds": 1000, "PDR": 0.33}}
+    stated = {"clients per round K": 10, "rounds": 1000, "PDR": 0.33}
+    paper = {"cifar10": {PAPER: stated, AUTHORS_CODE: {"clients N": 200}}}
     # Execute
     note = page.settings_note(paper, {"cifar10": {"PDR": 0.33}})
     # Assert
     rows = {line.split(" | ")[0].strip("| "): line for line in note.splitlines() if line.startswith("| ")}
-    assert rows["rounds"] == "| rounds | **12** | 1000 |"
-    assert rows["clients per round K"] == "| clients per round K | 10 | 10 |"
-    assert rows["pretraining epochs"] == "| pretraining epochs | 6 | – |"
-    assert rows["PDR"] == "| PDR | 0.33 | 0.33 |"
-    assert rows["model"] == "| model | vgg9_slim | – |"
-    assert "profile `quick`" in note and "| CIFAR-10: this page | CIFAR-10: the paper |" in note
+    assert rows["rounds"] == "| rounds | **12** | 1000 | – |"
+    assert rows["clients per round K"] == "| clients per round K | 10 | 10 | – |"
+    assert rows["clients N"] == "| clients N | **500** | – | 200 |"  # bold against the code's value
+    assert rows["pretraining epochs"] == "| pretraining epochs | 6 | – | – |"
+    assert rows["PDR"] == "| PDR | 0.33 | 0.33 | – |"
+    # derived: rounds x K / N, ours 12 x 10 / 500; the reference 1000 x 10 / 200 in the code's column
+    assert rows[JOINS_ROW] == f"| {JOINS_ROW} | **0.24** | – | 50 |"
+    assert "profile `quick`" in note
+    assert "| CIFAR-10: this page | CIFAR-10: the paper | CIFAR-10: the authors' code |" in note
+    assert f"{AUTHORS_CODE_URL}) (commit {AUTHORS_CODE_COMMIT})" in note
+
+
+def test_settings_note_keeps_an_unsourced_table_in_one_column_not_headed_the_paper():
+    page = Page.from_parameters({**QUICK, "datasets": ["cifar10"]})
+    note = page.settings_note({"cifar10": {"clients N": 200, "rounds": 100}})
+    assert "| CIFAR-10: this page | CIFAR-10: the paper or the authors' code |" in note
+    assert "| clients N | **500** | 200 |" in note
+
+
+def test_reference_tables_hold_only_what_the_paper_states_in_its_column():
+    # section 5.1: K = 10 / 20 / 30 for CIFAR-10 / MNIST / EMNIST; N, edge-case set sizes, DeepSight's
+    # noise inputs and the switch round come from the authors' code, seeds from nowhere
+    tables = [
+        PAPER_EDGE_CASE_SETTINGS,
+        PAPER_TRIGGER_SETTINGS,
+        PAPER_COMPONENTS_SETTINGS,
+        PAPER_STABILITY_SETTINGS,
+        PAPER_NONIID_SETTINGS,
+    ]
+    code_only = {"clients N", "edge-case examples", "DeepSight noise inputs per seed", "FedGrad switch_round", "seeds"}
+    k_of = {"CIFAR-10": 10, "MNIST": 20, "EMNIST": 30}
+    for table in tables:
+        for sources in table.values():
+            assert set(sources) == {PAPER, AUTHORS_CODE}
+            stated = sources[PAPER]
+            assert stated["clients per round K"] == k_of[stated["data set"]]
+            assert not code_only & set(stated)
+    assert PAPER_TRIGGER_SETTINGS["mnist"][AUTHORS_CODE]["clients per round K"] == 10
+    assert PAPER_COMPONENTS_SETTINGS["cifar10"][PAPER]["rounds"] == 100
+
+
+def test_expected_joins_per_client_of_the_papers_settings():
+    page = Page.from_parameters({**QUICK, "datasets": ["cifar10", "mnist"]})
+    note = page.settings_note(PAPER_EDGE_CASE_SETTINGS)
+    row = next(line for line in note.splitlines() if line.startswith(f"| {JOINS_ROW}"))
+    # 1,000 x 10 / 200 = 50 (CIFAR-10); 1,000 x 30 / 3,383 = 8.87 (EMNIST)
+    assert row.split(" | ")[3] == "50" and row.split(" | ")[6].rstrip(" |") == "8.87"
 
 
 def test_caption_is_the_provenance_line_of_every_run_in_italics():
