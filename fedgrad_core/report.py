@@ -196,7 +196,22 @@ def reader_table(
     return out
 
 
-def with_paper(ours: pd.DataFrame, paper: Mapping[str, Mapping[str, object]], *, percent: bool = True) -> pd.DataFrame:
+#: Rows whose "(paper)" numbers the paper only quotes from another paper: section 5.2, "It is
+#: reported that DeepSight ... can also reduce the BA to 7.14% with the MA of 80.54%", and its
+#: footnote 2: the authors could not reproduce DeepSight (no public code at the time).
+REPORTED_IN_PAPER = ("DeepSight",)
+
+#: What ``with_paper`` appends to such a number in a text table.
+REPORTED_MARK = " (reported)"
+
+
+def with_paper(
+    ours: pd.DataFrame,
+    paper: Mapping[str, Mapping[str, object]],
+    *,
+    percent: bool = True,
+    reported: Sequence[str] = REPORTED_IN_PAPER,
+) -> pd.DataFrame:
     """``ours`` with the paper's numbers beside it: after each of our columns for which ``paper``
     gives a number, a column of the same name plus " (paper)".
 
@@ -204,8 +219,10 @@ def with_paper(ours: pd.DataFrame, paper: Mapping[str, Mapping[str, object]], *,
     value goes in as given: pass it as the paper prints it ("84.32", or 84.32) for a
     ``reader_table`` in percent (``percent`` must match the one it was built with, to find the
     column names), or as a fraction for a numeric ``summary_table``.  Labels without a paper
-    number get "–" (a string table) or NaN (a numeric one).  The paper reports single runs, so its
-    numbers have no interval.
+    number get "–" (a string table) or NaN (a numeric one).  The paper prints one number per cell,
+    with no interval, and does not say how many runs or seeds each comes from.  In a string table
+    the numbers of the rows in ``reported`` (default: DeepSight, whose numbers the paper quotes
+    from DeepSight's authors and did not run) carry " (reported)".
     """
     out = ours.copy()
     unknown = [label for label in paper if label not in ours.index]
@@ -223,6 +240,10 @@ def with_paper(ours: pd.DataFrame, paper: Mapping[str, Mapping[str, object]], *,
         values = [paper.get(label, {}).get(metric, missing) for label in ours.index]
         if textual:
             values = [v if isinstance(v, str) else f"{v:g}" for v in values]
+            values = [
+                f"{v}{REPORTED_MARK}" if label in reported and label in paper and v != missing else v
+                for label, v in zip(ours.index, values)
+            ]
         out.insert(out.columns.get_loc(column) + 1, f"{column} (paper)", values)
     return out
 

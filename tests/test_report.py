@@ -7,6 +7,7 @@ import pytest
 
 from fedgrad_core.config import ExperimentConfig
 from fedgrad_core.report import (
+    REPORTED_IN_PAPER,
     ci95_half_width,
     column_name,
     reader_table,
@@ -137,6 +138,17 @@ def test_with_paper_adds_labelled_paper_columns_beside_ours(runs):
     assert table["Main accuracy, best (%) (paper)"].tolist() == ["84.32", "84.62", "–"]
     assert table["Backdoor accuracy, best (%) (paper)"].tolist() == ["71.43", "5.10", "–"]
     assert table["Main accuracy, best (%)"].equals(ours["Main accuracy, best (%)"])
+
+
+def test_with_paper_labels_the_numbers_the_paper_only_quotes_as_reported(runs):
+    # the paper quotes DeepSight's CIFAR-10 black-box numbers from DeepSight's authors (section
+    # 5.2, footnote 2: it could not run DeepSight); the row named in `reported` says so
+    ours = reader_table(summary_table(runs, window=3), metrics=["best_main_acc"])
+    paper = {"fedavg": {"best_main_acc": "84.32"}, "defense": {"best_main_acc": 80.54}}
+    table = with_paper(ours, paper, reported=["defense"])
+    assert table["Main accuracy, best (%) (paper)"].tolist() == ["84.32", "80.54 (reported)", "–"]
+    assert "DeepSight" in REPORTED_IN_PAPER
+    assert with_paper(ours, paper)["Main accuracy, best (%) (paper)"].tolist() == ["84.32", "80.54", "–"]
 
 
 def test_with_paper_on_the_numeric_summary_and_its_errors(runs):
