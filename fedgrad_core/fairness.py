@@ -1,4 +1,4 @@
-"""Whom a defense excludes, and what the excluded clients' classes lose (beyond the paper, issue 11).
+"""Whom a defense excludes, and what the excluded clients' classes lose (beyond the paper).
 
 The paper reports FedGrad's false-positive rate (Table 4: about 0.3) but not *which* benign
 clients are excluded nor what their exclusion costs.  These helpers measure it from a run's

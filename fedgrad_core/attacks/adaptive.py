@@ -1,4 +1,4 @@
-"""Ultimate-layer mimicry: an edge-case backdoor attacker that knows FedGrad (issue 11, beyond the paper).
+"""Ultimate-layer mimicry: an edge-case backdoor attacker that knows FedGrad (beyond the paper).
 
 Every attack of the paper ignores the defense.  FedGrad (Nguyen et al. 2023) inspects only the
 *ultimate layer* (the last fully connected layer, paper Definition 1): the soft filter scores the
