@@ -1,16 +1,27 @@
 """Tables from RunResults, for notebooks and the book (no plotting here).
 
 Three layers: ``tidy`` (one row per label, seed and round, for figures), ``summary_table`` (one
-row per label: every metric of ``RunResult.summary`` as a mean over seeds with its 95% interval)
-and ``reader_table`` (the same for readers: human column names, "95.3 ± 1.2" cells, best marked).
-``with_paper`` puts the paper's numbers beside ours, labelled as the paper's.
+row per label: every metric of ``RunResult.summary`` as a mean over seeds with its range over
+seeds) and ``reader_table`` (the same for readers: human column names, "95.3 [94.1–96.0]" cells:
+mean [min–max] over seeds, best marked).  ``with_paper`` puts the paper's numbers beside ours,
+labelled as the paper's.
+
+Paired differences: the seeds are shared across the rows of a page (same seed, same partition,
+attacker pool and sampled clients), so ``paired_differences`` / ``paired_long`` pair each row's run
+with the baseline's run *of the same seed* and ``paired_table`` shows the differences as
+"mean [min, max]" in percentage points.  ``over_rounds`` gives per-seed curves smoothed over the
+evaluated rounds; ``seed_range_table`` formats any per-seed numbers as "mean [min–max]";
+``trust_clearing`` counts whom FedGrad's trust score cleared, per run.
+
+No Student-t interval is shown on the pages: over 2-5 seeds it says little (t = 12.7 for two).
+``ci95_half_width`` stays for callers with many seeds.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
@@ -88,9 +99,11 @@ def ci95_half_width(values: Sequence[float]) -> float:
 
 def summary_table(runs: Mapping[str, Sequence[RunResult]], *, window: int = 5) -> pd.DataFrame:
     """One row per label (index ``label``): for each metric of ``RunResult.summary(window)`` the mean
-    over seeds (column ``<metric>``) and the half-width of its 95% interval (``<metric>_ci95``,
-    Student t over seeds, NaN for one seed); ``seeds`` (how many runs), ``rounds`` (the fewest
-    rounds any of them ran; equal in a complete set) and ``window``.
+    over seeds (column ``<metric>``), the smallest and largest value over seeds (``<metric>_min``,
+    ``<metric>_max``), how many seeds define it (``<metric>_n``) and, for callers with many seeds,
+    the half-width of the Student-t 95% interval (``<metric>_ci95``, NaN for one seed; the pages
+    do not show it); ``seeds`` (how many runs), ``rounds`` (the fewest rounds any of them ran;
+    equal in a complete set) and ``window``.
 
     A metric undefined in some runs (None: no backdoor set, no attacker) is averaged over the runs
     where it is defined; NaN where it is defined in none.  Accuracies stay fractions in [0, 1].
@@ -111,6 +124,9 @@ def summary_table(runs: Mapping[str, Sequence[RunResult]], *, window: int = 5) -
         for metric in METRICS:
             values = [s[metric] for s in summaries if s[metric] is not None]
             row[metric] = sum(values) / len(values) if values else math.nan
+            row[f"{metric}_min"] = min(values) if values else math.nan
+            row[f"{metric}_max"] = max(values) if values else math.nan
+            row[f"{metric}_n"] = len(values)
             row[f"{metric}_ci95"] = ci95_half_width(values)
         rows.append(row)
     return pd.DataFrame(rows).set_index("label")
@@ -145,15 +161,17 @@ def reader_table(
     markup: str = "markdown",
 ) -> pd.DataFrame:
     """The table for readers, from ``summary_table``'s output: one column per metric with its human
-    name (``column_name``), each cell "mean ± half-width of the 95% interval" ("95.3 ± 1.2"; only
-    the mean for one seed; "–" where undefined), the best mean of each column marked in bold.
+    name (``column_name``), each cell "mean [min–max]" over the seeds ("95.3 [94.1–96.0]"; only
+    the mean where one seed defines the metric; "–" where none does), the best mean of each column
+    marked in bold.
 
     ``percent``: accuracies in percent with one decimal (else fractions with three); TPR and FPR
     stay fractions with two decimals, as in the paper's Table 4; seconds have three.  ``best``: metric -> "min" or
     "max" (default ``BEST``; a metric absent from it is not marked); the best is taken over the
     rounded values shown, so ties are all marked.  ``exclude_from_best``: labels not competing
-    (a reference row such as "fedavg, no attack").  ``markup``: "markdown" ("**95.3** ± 1.2"),
-    "html" ("<b>95.3</b> ± 1.2") or "none".  Cells are strings; show the table with
+    (a reference row such as "fedavg, no attack").  ``markup``: "markdown" ("**95.3** [94.1–96.0]"),
+    "html" ("<b>95.3</b> [94.1–96.0]") or "none".  A summary without ``<metric>_min`` /
+    ``<metric>_max`` columns shows the means alone.  Cells are strings; show the table with
     ``to_markdown`` (or ``DataFrame.to_html(escape=False)``).  The index (labels) keeps no name,
     to keep the header short.
     """
@@ -174,8 +192,10 @@ def reader_table(
         scale, decimals = (100.0, 1) if percent and metric in ACCURACIES else (1.0, _DECIMALS.get(metric, 3))
         means = summary[metric].astype(float) * scale
         shown = means.round(decimals)
-        ci_column = f"{metric}_ci95"
-        cis = summary[ci_column].astype(float) * scale if ci_column in summary else pd.Series(math.nan, summary.index)
+        nan = pd.Series(math.nan, summary.index)
+        lows = summary[f"{metric}_min"].astype(float) * scale if f"{metric}_min" in summary else nan
+        highs = summary[f"{metric}_max"].astype(float) * scale if f"{metric}_max" in summary else nan
+        counts = summary[f"{metric}_n"] if f"{metric}_n" in summary else pd.Series(2, summary.index)
         competing = shown[[label not in excluded for label in shown.index]].dropna()
         target = None
         if metric in best and len(competing):
@@ -188,8 +208,8 @@ def reader_table(
             text = f"{means[label]:.{decimals}f}"
             if target is not None and label not in excluded and shown[label] == target:
                 text = f"{opening}{text}{closing}"
-            if not math.isnan(cis[label]):
-                text += f" ± {cis[label]:.{decimals}f}"
+            if counts[label] > 1 and not (math.isnan(lows[label]) or math.isnan(highs[label])):
+                text += f" [{lows[label]:.{decimals}f}–{highs[label]:.{decimals}f}]"
             cells.append(text)
         out[column_name(metric, window, percent=percent and metric in ACCURACIES)] = cells
     out.index.name = None
@@ -285,3 +305,230 @@ def provenance_line(results: Iterable[RunResult], profile: str) -> str:
         f"Measured: profile {profile}, seeds {seeds}, data {'; '.join(sources)}, "
         f"hardware {'; '.join(hardware)}, commit {', '.join(commits)}."
     )
+
+
+# --------------------------------------------------------------------------- seeds, pairs, curves
+
+#: Short names of the differences ``paired_table`` shows (accuracies in percentage points).
+DELTA_NAMES = {
+    "best_main_acc": "Δ main, best",
+    "best_backdoor_acc": "Δ backdoor, best",
+    "mean_main_acc_last": "Δ main, last",
+    "mean_backdoor_acc_last": "Δ backdoor, last",
+    "final_main_acc": "Δ main, final",
+    "final_backdoor_acc": "Δ backdoor, final",
+    "mean_tpr": "Δ TPR",
+    "mean_fpr": "Δ FPR",
+    "mean_aggregation_seconds": "Δ seconds",
+}
+
+
+def _signed(value: float, decimals: int) -> str:
+    """'+3.1', '−2.0' (a true minus sign), '0.0'."""
+    text = f"{value:+.{decimals}f}"
+    if float(text) == 0:
+        text = f"{0:.{decimals}f}"
+    return text.replace("-", "−")
+
+
+def format_range(mean: float, low: float, high: float, decimals: int = 1, *, n: int = 2, signed: bool = False) -> str:
+    """One cell: "7.2 [5.0–9.1]" (mean [min–max]), or with ``signed`` "−3.1 [−5.0, +1.2]" (a
+    difference: signs shown, the bounds split by a comma); only the mean when ``n`` (the number of
+    seeds behind it) is 1; "–" when the mean is NaN."""
+    if mean is None or math.isnan(mean):
+        return "–"
+    if signed:
+        text = _signed(mean, decimals)
+        return text if n < 2 else f"{text} [{_signed(low, decimals)}, {_signed(high, decimals)}]"
+    text = f"{mean:.{decimals}f}"
+    return text if n < 2 else f"{text} [{low:.{decimals}f}–{high:.{decimals}f}]"
+
+
+def _by_seed(label: str, results: Sequence[RunResult]) -> dict[int, RunResult]:
+    out: dict[int, RunResult] = {}
+    for r in results:
+        if r.config.seed in out:
+            raise ValueError(f"label {label!r} has two runs with seed {r.config.seed}: one run per seed is expected")
+        out[r.config.seed] = r
+    return out
+
+
+def paired_differences(
+    runs_by_label: Mapping[str, Sequence[RunResult]], *, baseline: str, metric: str, window: int = 5
+) -> pd.DataFrame:
+    """Per label and seed: ``metric`` of the label's run minus that of the baseline's run *with the
+    same seed* (same partition, attacker pool and sampled clients).
+
+    Returns one row per (label, seed), labels in the order given (the baseline left out), seeds
+    ascending, with columns ``label``, ``seed``, ``value``, ``baseline`` (the baseline's value) and
+    ``difference`` (value minus baseline; fractions for accuracies, as ``RunResult.summary``).  A
+    metric undefined in either run (None) gives NaN.  Raises ValueError when the baseline is
+    missing, the metric unknown, a label has two runs of one seed, or a label's seeds differ from
+    the baseline's (the error names both sets): differences are only paired on the same seeds.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if baseline not in runs_by_label:
+        raise ValueError(f"baseline {baseline!r} is not a label of the runs ({', '.join(map(str, runs_by_label))})")
+    base = _by_seed(baseline, runs_by_label[baseline])
+    rows = []
+    for label, results in runs_by_label.items():
+        if label == baseline:
+            continue
+        mine = _by_seed(label, results)
+        if set(mine) != set(base):
+            raise ValueError(
+                f"label {label!r} has seeds {sorted(mine)} but the baseline {baseline!r} has seeds {sorted(base)}: "
+                "paired differences need the same seeds on both sides"
+            )
+        for seed in sorted(mine):
+            value = mine[seed].summary(window)[metric]
+            reference = base[seed].summary(window)[metric]
+            value = math.nan if value is None else float(value)
+            reference = math.nan if reference is None else float(reference)
+            rows.append(
+                {"label": label, "seed": seed, "value": value, "baseline": reference, "difference": value - reference}
+            )
+    return pd.DataFrame(rows, columns=["label", "seed", "value", "baseline", "difference"])
+
+
+def paired_long(
+    groups: Mapping[str, Mapping[str, Sequence[RunResult]]],
+    *,
+    baseline: str,
+    metrics: Sequence[str] = ("best_backdoor_acc", "best_main_acc"),
+    window: int = 5,
+) -> pd.DataFrame:
+    """``paired_differences`` for every group (e.g. one per attack) and metric, in one long frame
+    with the extra columns ``group`` and ``metric`` (the per-seed numbers behind ``paired_table``;
+    save it as CSV)."""
+    frames = [
+        paired_differences(runs, baseline=baseline, metric=m, window=window).assign(group=g, metric=m)
+        for g, runs in groups.items()
+        for m in metrics
+    ]
+    columns = ["group", "metric", "label", "seed", "value", "baseline", "difference"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def paired_table(long: pd.DataFrame, *, layout: str = "columns", percent: bool = True) -> pd.DataFrame:
+    """The reader's table of ``paired_long``'s differences: cells "mean [min, max]" over the seeds
+    of (label minus baseline), signed; accuracies in percentage points with one decimal (``percent``),
+    TPR / FPR with two decimals; only the mean for one seed.
+
+    ``layout="columns"``: one row per label, one column per group and metric ("black-box: Δ
+    backdoor, best (pp)"), for a table of defenses against attacks.  ``layout="rows"``: one row
+    per group (per "group, label" when there are several labels), one column per metric.
+    """
+    if layout not in ("columns", "rows"):
+        raise ValueError(f"layout must be 'columns' or 'rows', got {layout!r}")
+    groups = list(dict.fromkeys(long["group"]))
+    labels = list(dict.fromkeys(long["label"]))
+    metrics = list(dict.fromkeys(long["metric"]))
+
+    def header(metric: str) -> str:
+        accuracy = metric in ACCURACIES
+        unit = " (pp)" if accuracy and percent else ""
+        return f"{DELTA_NAMES[metric]}{unit}"
+
+    def cell(frame: pd.DataFrame, metric: str) -> str:
+        values = frame["difference"].dropna()
+        if values.empty:
+            return "–"
+        scale, decimals = (100.0, 1) if percent and metric in ACCURACIES else (1.0, _DECIMALS.get(metric, 3))
+        values = values * scale
+        return format_range(values.mean(), values.min(), values.max(), decimals, n=len(values), signed=True)
+
+    table: dict[str, dict[str, str]] = {}
+    for (group, metric, label), frame in long.groupby(["group", "metric", "label"], sort=False):
+        if layout == "columns":
+            row, column = label, f"{group}: {header(metric)}"
+        else:
+            row, column = (group if len(labels) == 1 else f"{group}, {label}"), header(metric)
+        table.setdefault(column, {})[row] = cell(frame, metric)
+    if layout == "columns":
+        order_rows = labels
+        order_columns = [f"{g}: {header(m)}" for g in groups for m in metrics]
+    else:
+        order_rows = [g if len(labels) == 1 else f"{g}, {lab}" for g in groups for lab in labels]
+        order_columns = [header(m) for m in metrics]
+    out = pd.DataFrame(table).reindex(index=order_rows, columns=order_columns).fillna("–")
+    out.index.name = None
+    return out
+
+
+def seed_range_table(
+    per_seed: pd.DataFrame, *, by: str, columns: Mapping[str, str], decimals: int = 1, scale: float = 1.0
+) -> pd.DataFrame:
+    """Per-seed numbers (one row per run) as "mean [min–max]" cells: one row per value of ``by``
+    (in order of appearance), one column per entry of ``columns`` ({column of ``per_seed``: its
+    title}); values multiplied by ``scale``; only the mean for one seed."""
+    out: dict[str, dict[Any, str]] = {title: {} for title in columns.values()}
+    for key, frame in per_seed.groupby(by, sort=False):
+        for column, title in columns.items():
+            v = frame[column].dropna().astype(float) * scale
+            out[title][key] = "–" if v.empty else format_range(v.mean(), v.min(), v.max(), decimals, n=len(v))
+    table = pd.DataFrame(out)
+    table.index.name = None
+    return table
+
+
+def over_rounds(
+    runs: Mapping[str, Sequence[RunResult]], *, column: str = "backdoor_acc", smooth: int = 1
+) -> pd.DataFrame:
+    """Per-seed curves for figures: one row per (label, seed, evaluated round) with ``value``, the
+    run's ``column`` smoothed by a trailing moving average over the last ``smooth`` *evaluated*
+    rounds of that run (the paper's Figure 6 smooths each curve over 20 rounds; fewer at the
+    start, ``min_periods=1``).  Rounds where ``column`` is None (not evaluated) are left out
+    before smoothing.  Average over seeds afterwards, so a mean curve is the mean of smoothed runs."""
+    if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1:
+        raise ValueError(f"smooth (evaluated rounds in the moving average) must be an integer >= 1, got {smooth!r}")
+    frames = []
+    for label, results in runs.items():
+        for r in results:
+            points = [(rec["round"], rec[column]) for rec in r.history if rec.get(column) is not None]
+            frame = pd.DataFrame(points, columns=["round", "raw"])
+            frame["value"] = frame["raw"].astype(float).rolling(smooth, min_periods=1).mean()
+            frames.append(frame.assign(label=label, seed=r.config.seed))
+    columns = ["label", "seed", "round", "raw", "value"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def trust_clearing(runs: Mapping[str, Sequence[RunResult]]) -> pd.DataFrame:
+    """Whom FedGrad's trust score cleared, per run: one row per (label, seed) from the per-round
+    diagnostics ``record["defense"]["cleared"]`` (clients the trust score took out of the
+    suspicious set) and ``record["attackers"]``.
+
+    Columns: ``suspicious benign`` (benign client-rounds the filters flagged before the trust
+    score: flagged or cleared, not attackers), ``benign cleared`` (benign client-rounds cleared),
+    ``benign clients cleared`` (distinct benign clients cleared at least once), ``attackers
+    cleared`` (attacker client-rounds cleared: the trust score's mistakes) and ``attacker rounds``
+    (attacker client-rounds in all).  A run without the diagnostics (trust off, another defense)
+    counts zero clearings.
+    """
+    rows = []
+    for label, results in runs.items():
+        for r in results:
+            suspicious_benign = benign_cleared = attackers_cleared = attacker_rounds = 0
+            clients: set[int] = set()
+            for record in r.history:
+                attackers = set(record.get("attackers") or [])
+                cleared = set((record.get("defense") or {}).get("cleared") or [])
+                flagged = set(record.get("flagged") or [])
+                suspicious_benign += len((flagged | cleared) - attackers)
+                benign_cleared += len(cleared - attackers)
+                attackers_cleared += len(cleared & attackers)
+                attacker_rounds += len(attackers)
+                clients |= cleared - attackers
+            rows.append(
+                {
+                    "label": label,
+                    "seed": r.config.seed,
+                    "suspicious benign": suspicious_benign,
+                    "benign cleared": benign_cleared,
+                    "benign clients cleared": len(clients),
+                    "attackers cleared": attackers_cleared,
+                    "attacker rounds": attacker_rounds,
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,4 +1,5 @@
-"""report: the summary table over seeds (95% t-interval), the reader's table, the paper's numbers."""
+"""report: the summary table over seeds (mean, min, max), the reader's table, the paper's numbers, paired
+differences from a baseline by seed, per-seed curves and the trust score's clearings."""
 
 import math
 
@@ -10,10 +11,17 @@ from fedgrad_core.report import (
     REPORTED_IN_PAPER,
     ci95_half_width,
     column_name,
+    format_range,
+    over_rounds,
+    paired_differences,
+    paired_long,
+    paired_table,
     reader_table,
+    seed_range_table,
     summary_table,
     tidy,
     to_markdown,
+    trust_clearing,
     with_paper,
 )
 from fedgrad_core.results import RunResult
@@ -83,7 +91,18 @@ def test_summary_table_window_changes_the_robust_metric_only(runs):
         summary_table({"empty": []})
 
 
-def test_reader_table_has_human_columns_mean_and_interval_in_one_cell_and_bold_best(runs):
+def test_summary_table_gives_the_range_over_seeds(runs):
+    table = summary_table(runs, window=1)
+    # best main accuracy per seed 0.80, 0.90, 0.85; best backdoor 0.6, 0.7, 0.8
+    assert table.loc["fedavg", "best_main_acc_min"] == pytest.approx(0.80)
+    assert table.loc["fedavg", "best_main_acc_max"] == pytest.approx(0.90)
+    assert table.loc["fedavg", "best_backdoor_acc_n"] == 3
+    # the defense's TPR is undefined in seed 2: two seeds define it
+    assert table.loc["defense", "mean_tpr_n"] == 2
+    assert table.loc["solo", "best_main_acc_min"] == table.loc["solo", "best_main_acc_max"] == pytest.approx(0.65)
+
+
+def test_reader_table_has_human_columns_mean_and_range_in_one_cell_and_bold_best(runs):
     # Execute
     table = reader_table(summary_table(runs, window=1))
     # Assert
@@ -91,14 +110,14 @@ def test_reader_table_has_human_columns_mean_and_interval_in_one_cell_and_bold_b
         "Main accuracy, best (%)", "Backdoor accuracy, best (%)", "Main accuracy, mean of last 1 rounds (%)",
         "Backdoor accuracy, mean of last 1 rounds (%)", "TPR", "FPR",
     ]
-    ci = T_975_2 * 0.05 / math.sqrt(3) * 100  # 12.42
-    assert table.loc["fedavg", "Main accuracy, best (%)"] == f"**85.0** ± {ci:.1f}"  # highest
-    assert table.loc["solo", "Main accuracy, best (%)"] == "65.0"  # one seed: no interval
-    # the lowest backdoor accuracy is the best: the defense's 10.0
-    assert table.loc["defense", "Backdoor accuracy, best (%)"].startswith("**10.0** ± ")
-    assert table.loc["fedavg", "Backdoor accuracy, best (%)"].startswith("70.0 ± ")
-    assert table.loc["fedavg", "TPR"] == "**0.75** ± 0.00"  # a tie with the defense: both marked
-    assert table.loc["defense", "TPR"] == "**0.75** ± 0.00"
+    assert table.loc["fedavg", "Main accuracy, best (%)"] == "**85.0** [80.0–90.0]"  # highest; mean [min–max]
+    assert table.loc["solo", "Main accuracy, best (%)"] == "65.0"  # one seed: the mean alone
+    # the lowest backdoor accuracy is the best: the defense's 10.0 (seeds 0.1, 0.2, 0.0)
+    assert table.loc["defense", "Backdoor accuracy, best (%)"] == "**10.0** [0.0–20.0]"
+    assert table.loc["fedavg", "Backdoor accuracy, best (%)"] == "70.0 [60.0–80.0]"
+    assert table.loc["fedavg", "TPR"] == "**0.75** [0.75–0.75]"  # a tie with the defense: both marked
+    assert table.loc["defense", "TPR"] == "**0.75** [0.75–0.75]"  # two seeds define it
+    assert "±" not in "".join(table.to_numpy().ravel())
     assert table.index.name is None
 
 
@@ -108,8 +127,11 @@ def test_reader_table_options(runs):
     table = reader_table(summary, metrics=["best_main_acc"], percent=False, exclude_from_best=["fedavg"],
                          markup="html")
     assert list(table.columns) == ["Main accuracy, best"]
-    assert table.loc["fedavg", "Main accuracy, best"].startswith("0.850 ± ")
-    assert table.loc["defense", "Main accuracy, best"].startswith("<b>0.830</b> ± ")
+    assert table.loc["fedavg", "Main accuracy, best"] == "0.850 [0.800–0.900]"
+    assert table.loc["defense", "Main accuracy, best"] == "<b>0.830</b> [0.820–0.840]"
+    # a summary without the range columns shows the means alone
+    bare = summary.drop(columns=[c for c in summary.columns if c.endswith(("_min", "_max", "_n"))])
+    assert reader_table(bare, metrics=["best_main_acc"]).loc["fedavg", "Main accuracy, best (%)"] == "**85.0**"
     plain = reader_table(summary, metrics=["best_backdoor_acc"], best={})
     assert "**" not in "".join(plain.iloc[:, 0])
     # an undefined metric shows a dash
@@ -188,3 +210,110 @@ def test_tidy_has_one_row_per_label_seed_and_round(runs):
     assert len(frame) == 7 * 2
     assert set(frame.columns) >= {"label", "seed", "round", "main_acc", "backdoor_acc"}
     assert frame[(frame.label == "fedavg") & (frame.seed == 1) & (frame["round"] == 1)].main_acc.item() == 0.90
+
+
+# --------------------------------------------------------------------------- paired differences
+
+
+def _shuffled(runs):
+    """The defense's runs in seed order 2, 0, 1: pairing by position instead of seed would differ."""
+    d = runs["defense"]
+    return {"fedavg": runs["fedavg"], "defense": [d[2], d[0], d[1]]}
+
+
+def test_paired_differences_pair_by_seed_and_subtract_the_baseline(runs):
+    # Prepare: best backdoor per seed fedavg 0.6, 0.7, 0.8 / defense 0.1, 0.2, 0.0; best main
+    # fedavg 0.80, 0.90, 0.85 / defense 0.82, 0.83, 0.84; the defense's list is not in seed order
+    paired = _shuffled(runs)
+    # Execute
+    backdoor = paired_differences(paired, baseline="fedavg", metric="best_backdoor_acc", window=1)
+    main = paired_differences(paired, baseline="fedavg", metric="best_main_acc", window=1)
+    # Assert: defense minus FedAvg, seed by seed (by position it would be -0.6, -0.6, -0.6)
+    assert list(backdoor.columns) == ["label", "seed", "value", "baseline", "difference"]
+    assert backdoor["label"].tolist() == ["defense"] * 3 and backdoor["seed"].tolist() == [0, 1, 2]
+    assert backdoor["difference"].tolist() == pytest.approx([-0.5, -0.5, -0.8])
+    assert backdoor["baseline"].tolist() == pytest.approx([0.6, 0.7, 0.8])
+    assert main["difference"].tolist() == pytest.approx([0.02, -0.07, -0.01])
+    # a metric undefined in a run (the defense's TPR in seed 2) gives NaN
+    tpr = paired_differences(paired, baseline="fedavg", metric="mean_tpr", window=1)
+    assert tpr["difference"].iloc[:2].tolist() == pytest.approx([0.0, 0.0]) and math.isnan(tpr["difference"].iloc[2])
+
+
+def test_paired_differences_refuse_unpaired_seeds(runs):
+    fedavg = runs["fedavg"]
+    with pytest.raises(ValueError, match=r"'defense' has seeds \[0, 1\] but the baseline 'fedavg' has seeds \[0, 1, 2\]"):
+        paired_differences({"fedavg": fedavg, "defense": runs["defense"][:2]}, baseline="fedavg", metric="best_main_acc")
+    # the same number of runs on other seeds is refused too
+    other = [_run(0, (0.7, 0.7), (0.1, 0.1)), _run(1, (0.7, 0.7), (0.1, 0.1)), _run(5, (0.7, 0.7), (0.1, 0.1))]
+    with pytest.raises(ValueError, match=r"seeds \[0, 1, 5\]"):
+        paired_differences({"fedavg": fedavg, "defense": other}, baseline="fedavg", metric="best_main_acc")
+    with pytest.raises(ValueError, match="two runs with seed 0"):
+        paired_differences({"fedavg": fedavg, "defense": [fedavg[0], fedavg[0], fedavg[1]]},
+                           baseline="fedavg", metric="best_main_acc")
+    with pytest.raises(ValueError, match="baseline 'krum'"):
+        paired_differences(runs, baseline="krum", metric="best_main_acc")
+    with pytest.raises(ValueError, match="unknown metric"):
+        paired_differences(runs, baseline="fedavg", metric="BA")
+
+
+def test_paired_table_shows_mean_and_range_of_the_differences_in_points(runs):
+    # Prepare: two groups (attacks), the second with the defense's runs shuffled
+    paired = _shuffled(runs)
+    long = paired_long({"black-box": paired, "PGD": paired}, baseline="fedavg",
+                       metrics=["best_backdoor_acc", "best_main_acc"], window=1)
+    # Execute
+    table = paired_table(long)
+    rows = paired_table(long[long["group"] == "PGD"], layout="rows")
+    # Assert: backdoor -50, -50, -80 -> mean -60; main +2, -7, -1 -> mean -2
+    assert len(long) == 2 * 2 * 3 and set(long.columns) >= {"group", "metric", "seed", "difference"}
+    assert list(table.columns) == ["black-box: Δ backdoor, best (pp)", "black-box: Δ main, best (pp)",
+                                   "PGD: Δ backdoor, best (pp)", "PGD: Δ main, best (pp)"]
+    assert list(table.index) == ["defense"]
+    assert table.loc["defense", "black-box: Δ backdoor, best (pp)"] == "−60.0 [−80.0, −50.0]"
+    assert table.loc["defense", "PGD: Δ main, best (pp)"] == "−2.0 [−7.0, +2.0]"
+    assert rows.loc["PGD", "Δ backdoor, best (pp)"] == "−60.0 [−80.0, −50.0]"
+    # TPR / FPR: two decimals, no unit; one seed: the mean alone
+    one = {"fedavg": runs["fedavg"][:1], "defense": runs["defense"][:1]}
+    single = paired_table(paired_long({"g": one}, baseline="fedavg", metrics=["mean_fpr"], window=1))
+    assert single.loc["defense", "g: Δ FPR"] == "0.00"
+    with pytest.raises(ValueError, match="layout"):
+        paired_table(long, layout="wide")
+
+
+def test_format_range_and_seed_range_table():
+    assert format_range(7.25, 5.0, 9.1) == "7.2 [5.0–9.1]"
+    assert format_range(7.25, 7.25, 7.25, n=1) == "7.2"  # one seed: min = max = mean
+    assert format_range(-3.14, -5.0, 1.2, signed=True) == "−3.1 [−5.0, +1.2]"
+    assert format_range(-0.01, -0.02, 0.0, signed=True) == "0.0 [0.0, 0.0]"  # no "−0.0"
+    assert format_range(float("nan"), 0, 0) == "–"
+    per_seed = pd.DataFrame({"variant": ["a", "a", "a", "b"], "x": [0.1, 0.3, 0.2, 0.5]})
+    table = seed_range_table(per_seed, by="variant", columns={"x": "X (%)"}, scale=100)
+    assert table.to_dict() == {"X (%)": {"a": "20.0 [10.0–30.0]", "b": "50.0"}}
+
+
+def test_over_rounds_smooths_each_run_over_its_evaluated_rounds():
+    history = [{"round": i, "backdoor_acc": v} for i, v in [(1, None), (2, 0.2), (3, None), (4, 0.6), (5, 0.1)]]
+    runs = {"x": [RunResult(ExperimentConfig(rounds=5, seed=3), history)]}
+    curves = over_rounds(runs, smooth=2)
+    assert curves["round"].tolist() == [2, 4, 5]  # not evaluated: left out
+    assert curves["value"].tolist() == pytest.approx([0.2, 0.4, 0.35])  # trailing means of 2 evaluated rounds
+    assert curves["raw"].tolist() == pytest.approx([0.2, 0.6, 0.1]) and set(curves["seed"]) == {3}
+    assert over_rounds(runs)["value"].tolist() == pytest.approx([0.2, 0.6, 0.1])
+    with pytest.raises(ValueError, match="smooth"):
+        over_rounds(runs, smooth=0)
+
+
+def test_trust_clearing_counts_benign_and_attacker_clearings_per_run():
+    # Prepare: round 1 attacker 3; flagged 3, 5; the trust score cleared benign 7.  Round 2 attackers
+    # 3, 4; flagged 4; cleared attacker 3 and benign 7, 8.  Round 3: no diagnostics.
+    history = [
+        {"round": 1, "attackers": [3], "flagged": [3, 5], "defense": {"cleared": [7]}},
+        {"round": 2, "attackers": [3, 4], "flagged": [4], "defense": {"cleared": [3, 7, 8]}},
+        {"round": 3, "attackers": [], "flagged": [9]},
+    ]
+    runs = {"FedGrad": [RunResult(ExperimentConfig(rounds=3, seed=1), history)]}
+    # Execute
+    row = trust_clearing(runs).iloc[0].to_dict()
+    # Assert: suspicious benign {5, 7} + {7, 8} + {9} = 5 client-rounds; cleared benign 1 + 2
+    assert row == {"label": "FedGrad", "seed": 1, "suspicious benign": 5, "benign cleared": 3,
+                   "benign clients cleared": 2, "attackers cleared": 1, "attacker rounds": 3}
