@@ -241,8 +241,10 @@ def test_paired_differences_pair_by_seed_and_subtract_the_baseline(runs):
 
 def test_paired_differences_refuse_unpaired_seeds(runs):
     fedavg = runs["fedavg"]
-    with pytest.raises(ValueError, match=r"'defense' has seeds \[0, 1\] but the baseline 'fedavg' has seeds \[0, 1, 2\]"):
-        paired_differences({"fedavg": fedavg, "defense": runs["defense"][:2]}, baseline="fedavg", metric="best_main_acc")
+    expected = r"'defense' has seeds \[0, 1\] but the baseline 'fedavg' has seeds \[0, 1, 2\]"
+    with pytest.raises(ValueError, match=expected):
+        paired_differences({"fedavg": fedavg, "defense": runs["defense"][:2]}, baseline="fedavg",
+                           metric="best_main_acc")
     # the same number of runs on other seeds is refused too
     other = [_run(0, (0.7, 0.7), (0.1, 0.1)), _run(1, (0.7, 0.7), (0.1, 0.1)), _run(5, (0.7, 0.7), (0.1, 0.1))]
     with pytest.raises(ValueError, match=r"seeds \[0, 1, 5\]"):
