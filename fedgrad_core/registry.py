@@ -31,6 +31,7 @@ import importlib
 import importlib.metadata
 import inspect
 import os
+import re
 import types
 import warnings
 from typing import Any, Callable, Generic, Iterator, Optional, TypeVar, Union
@@ -254,6 +255,31 @@ class Registry(Generic[T]):
         self.factory(name)
         return self._sources[name]
 
+    def describe(self, name: str, width: int = 100) -> str:
+        """One line saying what ``name`` is (``fedgrad list``): the first sentence of the entry's
+        own docstring, else of its module's (each defense and attack is a module named after it).
+
+        Parameters
+        ----------
+        name : str
+            A registered name.
+        width : int, optional
+            At most this many characters; a longer sentence is cut at a word and ends in "...".
+
+        Returns
+        -------
+        str
+            The sentence, or "(no description)" when neither docstring has one.
+        """
+        self.factory(name)
+        obj = self._originals[name]
+        # a class's own docstring only: inspect.getdoc would hand back a base class's
+        doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
+        if not doc:
+            module = importlib.import_module(obj.__module__) if getattr(obj, "__module__", None) else None
+            doc = getattr(module, "__doc__", None)
+        return _first_sentence(doc, width) if doc else "(no description)"
+
     def factory(self, name: str) -> Callable[..., T]:
         """The factory registered as ``name``.
 
@@ -389,3 +415,12 @@ def _describe_entry_point(ep: importlib.metadata.EntryPoint) -> str:
 
 def _takes_any_keyword(factory: Callable[..., Any]) -> bool:
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+
+
+def _first_sentence(doc: str, width: int) -> str:
+    """The first sentence of ``doc``'s first paragraph on one line, at most ``width`` characters."""
+    paragraph = " ".join(inspect.cleandoc(doc).split("\n\n", 1)[0].split())
+    sentence = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", paragraph, maxsplit=1)[0]
+    if len(sentence) <= width:
+        return sentence
+    return sentence[: width - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."

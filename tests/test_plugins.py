@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,8 +109,9 @@ def test_book_example_module_through_fedgrad_plugins():
         [sys.executable, "-m", "fedgrad_core.cli", "list"], env=env, capture_output=True, text=True, timeout=300
     )
     assert listing.returncode == 0, listing.stderr
-    lines = dict(line.split(": ", 1) for line in listing.stdout.splitlines())
-    assert "median" in lines["defenses"].split(", ") and "labelflip" in lines["attacks"].split(", ")
+    # fedgrad list: a "defenses:" heading, then one indented "name  description" line per name
+    defenses, attacks = listing.stdout.split("defenses:")[1].split("attacks:")
+    assert re.search(r"^  median  ", defenses, re.MULTILINE) and re.search(r"^  labelflip  ", attacks, re.MULTILINE)
 
 
 def test_book_example_median_by_hand(monkeypatch):

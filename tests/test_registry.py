@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import inspect
+import re
 import sys
 import textwrap
 from types import SimpleNamespace
@@ -127,8 +128,8 @@ def test_entry_point_plugin_is_a_valid_name(tmp_path, monkeypatch, capsys, clean
     assert "fedgrad_ep_plugin.first_client" in REGISTRY.source("first_client")
     assert "entry point 'first_client'" in REGISTRY.source("first_client")
     assert main(["list"]) == 0
-    defenses_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("defenses:"))
-    assert "first_client" in defenses_line.split(": ", 1)[1].split(", ")
+    listed = dict(re.findall(r"^  (\S+)  +(.*)$", capsys.readouterr().out.split("defenses:")[1], re.MULTILINE))
+    assert listed["first_client"] == "(no description)"  # neither the function nor its module has a docstring
 
 
 def test_entry_point_module_registers_with_the_decorator(tmp_path, monkeypatch, clean_defenses):
@@ -283,11 +284,38 @@ def test_which_objects_count_as_aggregation_rules():
     def defaulted(a, b, c=1):
         pass
 
+    def first_defaulted(a, b=1, c=1):
+        pass
+
+    def keyword_factory(*, seed, attacker_fraction, eps=1.0):
+        pass
+
     assert is_aggregation_rule(lambda g, u, r: None)
+    assert is_aggregation_rule(defaulted)  # rule(global_state, updates, round_idx=None)
     assert not is_aggregation_rule(Cls)
     assert not is_aggregation_rule(factory)
+    assert not is_aggregation_rule(keyword_factory)
     assert not is_aggregation_rule(two)
-    assert not is_aggregation_rule(defaulted)
+    assert not is_aggregation_rule(first_defaulted)
+
+
+def test_a_rule_with_a_default_round_index_is_a_rule_not_a_factory(clean_defenses):
+    # A plug-in author's median with round_idx=None was once taken for a factory, and failed at
+    # the first round with "missing 2 required positional arguments".
+    seen = []
+
+    @register("median_default_round")
+    def median(global_state, updates, round_idx=None, trim=0):
+        seen.append((round_idx, trim))
+        stacked = {k: torch.stack([u.state[k] for u in updates]) for k in global_state}
+        return Aggregate({k: v.median(dim=0).values for k, v in stacked.items()})
+
+    assert accepted_params("median_default_round") == {"trim"}
+    g = {"w": torch.tensor([0.0])}
+    ups = [ClientUpdate(i, {"w": torch.tensor([float(v)])}, 1) for i, v in enumerate([1, 2, 9])]
+    out = build_defense("median_default_round", {"trim": 1}, {"seed": 0}).aggregate(g, ups, 3)
+    assert out.global_state["w"].item() == 2.0 and seen == [(3, 1)]
+    validate(ExperimentConfig(defense="median_default_round", defense_params={"trim": 1}))
 
 
 def test_plain_function_receives_the_round_index(clean_defenses):

@@ -8,7 +8,8 @@ A plug-in author may register a function instead of a ``Defense`` subclass::
         return Aggregate(new_state, flagged=frozenset())
 
 Its first three parameters receive the previous global model, the round's *finite* updates and
-the round index (paper, Algorithm 1's server step); any further keyword parameters become the
+the round index (paper, Algorithm 1's server step; a default on the round index, ``round_idx=None``,
+is allowed: the server always passes it); any further keyword parameters become the
 defense's parameters (``defense_params``; the run's context, e.g. ``seed``, is passed when
 named).  The function returns anything with ``.global_state`` (a state dict with the global
 model's keys) and ``.flagged`` (client ids); ``.diagnostics`` is optional.  It runs behind
@@ -100,7 +101,13 @@ def as_aggregate(result: Any, name: str, global_state: State) -> Aggregate:
 
 
 def is_aggregation_rule(obj: Any) -> bool:
-    """True for a function (not a class) whose first three parameters are required positionals.
+    """True for a function (not a class) whose first three parameters are positional, the first
+    two of them required: ``rule(global_state, updates, round_idx)``, also with a default on the
+    round index (``round_idx=None``), which the server always passes.
+
+    A factory takes its parameters by keyword (``make_defense`` calls ``factory(**params)``), so a
+    factory function whose first two parameters would be required positionals followed by a third
+    is written with ``*`` before them (``def factory(*, seed, attacker_fraction, eps=1.0)``).
 
     Parameters
     ----------
@@ -110,7 +117,8 @@ def is_aggregation_rule(obj: Any) -> bool:
     Returns
     -------
     bool
-        False for classes and for factories taking keyword parameters only.
+        False for classes, for factories taking keyword parameters only, and for functions with
+        fewer than three positional parameters.
     """
     if isinstance(obj, type) or not callable(obj):
         return False
@@ -119,7 +127,7 @@ def is_aggregation_rule(obj: Any) -> bool:
     except (TypeError, ValueError):  # builtins without a signature
         return False
     head = params[:3]
-    return len(head) == 3 and all(p.kind in _POSITIONAL and p.default is p.empty for p in head)
+    return len(head) == 3 and all(p.kind in _POSITIONAL for p in head) and all(p.default is p.empty for p in head[:2])
 
 
 def defense_factory(name: str, obj: Any) -> Callable[..., Any]:
