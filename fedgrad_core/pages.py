@@ -182,7 +182,9 @@ def per_dataset(value: Any, dataset: str) -> Any:
 def t_interval(values: Sequence[float]) -> tuple[float, float]:
     """seaborn ``errorbar``: mean -+ the half-width of the Student-t 95% interval over seeds.
 
-    With one value (no interval) both ends are the mean.
+    With one value (no interval) both ends are the mean.  For callers with many seeds: the book's
+    pages do not use it (over 2-5 seeds the interval says little; t = 12.7 for two); they show the
+    range over seeds (seaborn ``errorbar=("pi", 100)``) and the seeds themselves.
     """
     values = [float(v) for v in values]
     mean = sum(values) / len(values)
