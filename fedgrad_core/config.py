@@ -50,6 +50,13 @@ class ExperimentConfig:
     defense_params: Mapping[str, Any] = field(default_factory=dict)
     attacker_fraction: float = 0.25  # share of all N clients in the fixed attacker pool
     poisoned_data_rate: Optional[float] = None  # None: the attack's default for the data set
+    # Clients' shards are cut from a stratified subsample of this many training images (None: the
+    # whole split); pretraining still uses the whole split.  Fewer clients, each joining more rounds,
+    # at the cost of a round of today's N.
+    train_samples: Optional[int] = None
+    # Main accuracy is measured on a fixed stratified subsample of this many test images (the same
+    # for every run and seed); None: the whole test split.  The backdoor test set is always whole.
+    eval_samples: Optional[int] = None
     partition: str = "dirichlet"  # "dirichlet", "phi" or "iid"
     noniid: float = 0.5  # Dirichlet alpha, or phi for the phi partition
     eval_every: int = 1  # evaluate every this many rounds (and always in the last round)
@@ -116,6 +123,16 @@ def validate(config: ExperimentConfig) -> None:
     _check(
         c.clients_per_round <= c.num_clients,
         f"clients_per_round (K={c.clients_per_round}) is larger than num_clients (N={c.num_clients})",
+    )
+    for name in ("train_samples", "eval_samples"):
+        value = getattr(c, name)
+        _check(
+            value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+            f"{name} must be None or a positive integer, got {value!r}",
+        )
+    _check(
+        c.train_samples is None or c.train_samples >= c.num_clients,
+        f"train_samples ({c.train_samples}) must be at least num_clients (N={c.num_clients}): every client needs data",
     )
     _check(c.pretrain_epochs >= 0, f"pretrain_epochs must be >= 0, got {c.pretrain_epochs}")
     for name in ("lr", "pretrain_lr"):

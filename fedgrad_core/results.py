@@ -102,8 +102,43 @@ class RunResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunResult":
-        data = json.loads(Path(path).read_text())
-        return cls(ExperimentConfig.from_dict(data["config"]), data["history"], data.get("meta", {}))
+        """Read a result written by ``save``.
+
+        Raises ``ResultFileError`` (a ValueError) naming the file and what is wrong with it when it
+        is not JSON, not a result, or holds a configuration this version cannot read; OSError when
+        it cannot be read.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ResultFileError(f"result file {path} is not text (byte {exc.start} is not UTF-8)") from None
+        except json.JSONDecodeError as exc:
+            raise ResultFileError(
+                f"result file {path} is not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno}); "
+                "a truncated or hand-edited file?"
+            ) from None
+        if not isinstance(data, dict):
+            raise ResultFileError(f"result file {path} holds a JSON {type(data).__name__}, not a result object")
+        missing = [k for k in ("config", "history") if k not in data]
+        if missing:
+            raise ResultFileError(f"result file {path} is not a run result: it has no {' or '.join(missing)}")
+        if not isinstance(data["config"], dict):
+            raise ResultFileError(f"result file {path}: config is a {type(data['config']).__name__}, not an object")
+        if not isinstance(data["history"], list) or not all(isinstance(r, dict) for r in data["history"]):
+            raise ResultFileError(f"result file {path}: history must be a list of per-round objects")
+        meta = data.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ResultFileError(f"result file {path}: meta is a {type(meta).__name__}, not an object")
+        try:
+            config = ExperimentConfig.from_dict(data["config"])
+        except (TypeError, ValueError) as exc:
+            raise ResultFileError(f"result file {path} has a configuration this version cannot read: {exc}") from None
+        return cls(config, data["history"], meta)
+
+
+class ResultFileError(ValueError):
+    """A result file that cannot be read as a ``RunResult``; the message names the file and why."""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -147,17 +182,27 @@ def provenance(device: str) -> dict[str, Any]:
     }
 
 
+#: Modules (paths under the package) that no run imports: they present results (tables, pages,
+#: the command line, benchmarks, integrations) and cannot change one, so editing them keeps the
+#: run cache.  tests/test_run_scope.py runs an experiment, the run cache and the fairness cache in a
+#: fresh interpreter and fails if any of these was imported.
+NOT_IN_RUNS = ("__main__.py", "cli.py", "pages.py", "report.py", "theory.py", "timing.py", "integrations/")
+
+
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """SHA-256 (first 16 hex digits) of the package's own source files, read once per process.
+    """SHA-256 (first 16 hex digits) of the source files that runs execute, read once per process.
 
     Part of every cache key (runs and pretrained models) and of a result's provenance: a run
     computed by other code is never served as this code's result, whatever ``__version__`` says.
-    Conservative by design: editing a comment also invalidates the cache.
+    Conservative by design: editing a comment also invalidates the cache.  Only ``NOT_IN_RUNS``
+    (presentation code, never imported by a run) is left out.
     """
     package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).as_posix().startswith(NOT_IN_RUNS):
+            continue
         digest.update(path.relative_to(package).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
