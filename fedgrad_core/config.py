@@ -62,6 +62,9 @@ class ExperimentConfig:
     eval_every: int = 1  # evaluate every this many rounds (and always in the last round)
     pretrain_epochs: int = 5  # centralised epochs on the clean training set before round 1 (cached)
     pretrain_lr: float = 0.02
+    # Seed of the pretrained starting model; None: the run's ``seed``.  One value for all seeds
+    # gives every seed the same starting model, as the authors' runs load one pretrained model.
+    pretrain_seed: Optional[int] = None
     seed: int = 0
     device: str = "auto"  # "auto" uses CUDA when present
     # Honest clients trained together ("on"), one by one ("off"), or whichever is faster for the
@@ -76,6 +79,11 @@ class ExperimentConfig:
     @property
     def model_name(self) -> str:
         return DEFAULT_MODELS.get(self.dataset, "") if self.model == "auto" else self.model
+
+    @property
+    def pretraining_seed(self) -> int:
+        """The seed the pretrained starting model is trained with."""
+        return self.seed if self.pretrain_seed is None else self.pretrain_seed
 
     @property
     def num_attackers(self) -> int:
@@ -123,6 +131,10 @@ def validate(config: ExperimentConfig) -> None:
     _check(
         c.clients_per_round <= c.num_clients,
         f"clients_per_round (K={c.clients_per_round}) is larger than num_clients (N={c.num_clients})",
+    )
+    _check(
+        c.pretrain_seed is None or (isinstance(c.pretrain_seed, int) and c.pretrain_seed >= 0),
+        f"pretrain_seed must be None or a non-negative integer, got {c.pretrain_seed!r}",
     )
     for name in ("train_samples", "eval_samples"):
         value = getattr(c, name)

@@ -300,7 +300,7 @@ def pretrain_group(config: ExperimentConfig) -> tuple:
         c.batch_size,
         c.momentum,
         c.weight_decay,
-        c.seed,
+        c.pretraining_seed,
         (c.attack, json.dumps(dict(c.attack_params), sort_keys=True, default=repr)) if changes_train else None,
     )
 

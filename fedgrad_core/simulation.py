@@ -388,7 +388,7 @@ def pretrained_state(config: ExperimentConfig, task: Task, device: str) -> dict[
         "epochs": config.pretrain_epochs,
         "lr": config.pretrain_lr,
         "batch_size": config.batch_size,
-        "seed": config.seed,
+        "seed": config.pretraining_seed,
         "momentum": config.momentum,
         "weight_decay": config.weight_decay,
     }
@@ -398,13 +398,13 @@ def pretrained_state(config: ExperimentConfig, task: Task, device: str) -> dict[
         log.info("pretrained model from cache %s", path)
         return torch.load(path, map_location="cpu", weights_only=True)
     model = make_model(
-        config.model_name, in_channels=task.image_shape[0], num_classes=task.num_classes, seed=config.seed
+        config.model_name, in_channels=task.image_shape[0], num_classes=task.num_classes, seed=config.pretraining_seed
     )
     model.to(device)
     settings = LocalTraining(
         config.pretrain_lr, config.pretrain_epochs, config.batch_size, config.momentum, config.weight_decay
     )
-    local_train(model, task.train, settings, generator=torch_generator(config.seed, _PRETRAIN), device=device)
+    local_train(model, task.train, settings, generator=torch_generator(config.pretraining_seed, _PRETRAIN), device=device)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda fh: torch.save(state, fh))
     log.info("pretrained model cached at %s", path)

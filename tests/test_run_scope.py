@@ -103,7 +103,7 @@ def test_without_subsamples_the_clients_share_the_whole_training_split():
 @pytest.mark.parametrize(
     "changes, message",
     [({"train_samples": 0}, "train_samples"), ({"eval_samples": 2.5}, "eval_samples"),
-     ({"train_samples": 19}, "at least num_clients")],
+     ({"train_samples": 19}, "at least num_clients"), ({"pretrain_seed": -1}, "pretrain_seed")],
 )
 def test_subsample_sizes_are_validated(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -112,3 +112,19 @@ def test_subsample_sizes_are_validated(changes, message):
 
 def test_the_fingerprint_is_part_of_a_results_provenance():
     assert len(code_fingerprint()) == 16
+
+
+def test_one_pretrain_seed_gives_every_run_seed_the_same_starting_model(tmp_path, monkeypatch):
+    from fedgrad_core.runs import pretrain_group
+    from fedgrad_core.simulation import pretrained_state
+
+    monkeypatch.setenv("FEDGRAD_CACHE", str(tmp_path))
+    task = cached_task("digits")
+    shared = [ExperimentConfig(seed=s, pretrain_epochs=1, pretrain_seed=7) for s in (0, 1)]
+    own = [ExperimentConfig(seed=s, pretrain_epochs=1) for s in (0, 1)]
+    states = [pretrained_state(c, task, "cpu") for c in shared + own]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[2][k], states[3][k]) for k in states[2])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+    assert pretrain_group(shared[0]) == pretrain_group(shared[1]) != pretrain_group(own[0]) != pretrain_group(own[1])
+    assert ExperimentConfig(seed=3).pretraining_seed == 3 and shared[1].pretraining_seed == 7
