@@ -9,7 +9,11 @@ The cell papermill injects with those values is collapsed in the book (``hide-in
 parameters cell itself.  Finished runs are cached (``fedgrad_core.runs``, under
 ``$FEDGRAD_CACHE/runs``), so a second build, and a notebook that shares runs with another (Figure 6
 with Table 2), reuses them.  The wall time of every notebook and of the whole build is printed and
-written to book/experiments/timings.json.
+written to book/experiments/timings.json, with what made each notebook's outputs: the git commit,
+the uncommitted changes to the package, the notebooks and pyproject.toml (``dirty``), the package's
+code fingerprint and the hardware (book/record.py puts them on the pages and into the record).
+Run progress bars are off in the executed notebooks (``FEDGRAD_PROGRESS=0``): a page shows results,
+not a log.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     EXECUTED.mkdir(parents=True, exist_ok=True)
+    os.environ["FEDGRAD_PROGRESS"] = "0"  # the kernels inherit it: no progress bars on the pages
+    made_by = provenance()
     timings: dict[str, float] = {}
     build_started = time.perf_counter()
     for source in sorted(NOTEBOOKS.glob("*.ipynb")):
@@ -57,15 +65,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  done in {timings[source.stem]:.0f} s", flush=True)
     total = time.perf_counter() - build_started
     print(f"all notebooks ({args.profile}) in {total:.0f} s", flush=True)
-    record = {"profile": args.profile, "seconds": timings, "total_seconds": round(total, 1)}
+    runs = {name: made_by for name in timings}
+    record = {"profile": args.profile, "seconds": timings, "total_seconds": round(total, 1), "runs": runs}
     previous = EXECUTED / "timings.json"
     if args.only and previous.exists():  # a partial rerun keeps the other notebooks' times of this profile
         old = json.loads(previous.read_text())
         if old.get("profile") == args.profile:
             record["seconds"] = {**old.get("seconds", {}), **timings}
+            record["runs"] = {**old.get("runs", {}), **runs}
             record["total_seconds"] = round(sum(record["seconds"].values()), 1)
     previous.write_text(json.dumps(record, indent=1) + "\n")
     return 0
+
+
+def provenance() -> dict[str, object]:
+    """The commit, the uncommitted changes that can change a result, the package's code fingerprint
+    and the hardware of this build (git's answers are None outside a checkout)."""
+    from execution_table import hardware  # book/ is on the path when this script runs
+
+    from fedgrad_core.results import code_fingerprint
+
+    def git(*words: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *words], cwd=ROOT, capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return done.stdout
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", "fedgrad_core", "notebooks", "pyproject.toml")
+    return {
+        "commit": commit.strip() if commit else None,
+        "dirty": None if status is None else sorted(line[3:] for line in status.splitlines() if line.strip()),
+        "code_fingerprint": code_fingerprint(),
+        "hardware": hardware(),
+    }
 
 
 def collapse_injected_parameters(path: Path) -> None:

@@ -133,7 +133,7 @@ def run_many(
     workers: Optional[int] = None,
     threads: Optional[int] = None,
     cache_dir: Optional[str | Path] = None,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     **executor_options: Any,
 ) -> list[RunResult]:
     """Results of ``configs`` (same order), running only the ones not in the cache.
@@ -143,8 +143,12 @@ def run_many(
     thread count of each run (default: ``cores // workers`` for ``"local"``, torch's current
     setting for ``"sequential"``, ``cpus_per_run`` for Ray).  Every configuration is
     validated before anything runs, so a typo fails at once instead of after an hour.
-    Extra keyword arguments go to the Ray executor (e.g. ``num_gpus=1`` per run).
+    Extra keyword arguments go to the Ray executor (e.g. ``num_gpus=1`` per run).  ``progress``
+    shows a bar of finished runs; ``None`` (default): shown unless the environment sets
+    ``FEDGRAD_PROGRESS=0`` (book/run_notebooks.py does, so the book's pages show no bars).
     """
+    if progress is None:
+        progress = os.environ.get("FEDGRAD_PROGRESS", "1") != "0"
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {list(EXECUTORS)}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
