@@ -402,11 +402,13 @@ def paired_long(
     """``paired_differences`` for every group (e.g. one per attack) and metric, in one long frame
     with the extra columns ``group`` and ``metric`` (the per-seed numbers behind ``paired_table``;
     save it as CSV)."""
-    frames = [
-        paired_differences(runs, baseline=baseline, metric=m, window=window).assign(group=g, metric=m)
-        for g, runs in groups.items()
-        for m in metrics
-    ]
+    frames = []
+    for g, runs in groups.items():
+        for m in metrics:
+            frame = paired_differences(runs, baseline=baseline, metric=m, window=window)
+            frame["group"] = [g] * len(frame)  # a list: a tuple group stays one value
+            frame["metric"] = m
+            frames.append(frame)
     columns = ["group", "metric", "label", "seed", "value", "baseline", "difference"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
@@ -489,7 +491,9 @@ def over_rounds(
             points = [(rec["round"], rec[column]) for rec in r.history if rec.get(column) is not None]
             frame = pd.DataFrame(points, columns=["round", "raw"])
             frame["value"] = frame["raw"].astype(float).rolling(smooth, min_periods=1).mean()
-            frames.append(frame.assign(label=label, seed=r.config.seed))
+            frame["label"] = [label] * len(frame)  # a list: a tuple label (d, a, defense) stays one value
+            frame["seed"] = r.config.seed
+            frames.append(frame)
     columns = ["label", "seed", "round", "raw", "value"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 

@@ -274,6 +274,8 @@ def test_paired_table_shows_mean_and_range_of_the_differences_in_points(runs):
     assert table.loc["defense", "black-box: Δ backdoor, best (pp)"] == "−60.0 [−80.0, −50.0]"
     assert table.loc["defense", "PGD: Δ main, best (pp)"] == "−2.0 [−7.0, +2.0]"
     assert rows.loc["PGD", "Δ backdoor, best (pp)"] == "−60.0 [−80.0, −50.0]"
+    assert paired_long({("d", "a"): paired}, baseline="fedavg", metrics=["best_main_acc"])["group"].tolist() == [
+        ("d", "a")] * 3
     # TPR / FPR: two decimals, no unit; one seed: the mean alone
     one = {"fedavg": runs["fedavg"][:1], "defense": runs["defense"][:1]}
     single = paired_table(paired_long({"g": one}, baseline="fedavg", metrics=["mean_fpr"], window=1))
@@ -301,6 +303,8 @@ def test_over_rounds_smooths_each_run_over_its_evaluated_rounds():
     assert curves["value"].tolist() == pytest.approx([0.2, 0.4, 0.35])  # trailing means of 2 evaluated rounds
     assert curves["raw"].tolist() == pytest.approx([0.2, 0.6, 0.1]) and set(curves["seed"]) == {3}
     assert over_rounds(runs)["value"].tolist() == pytest.approx([0.2, 0.6, 0.1])
+    # a tuple label (data set, attack, defense) stays one value
+    assert over_rounds({("d", "a", "x"): runs["x"]})["label"].tolist() == [("d", "a", "x")] * 3
     with pytest.raises(ValueError, match="smooth"):
         over_rounds(runs, smooth=0)
 
