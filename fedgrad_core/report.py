@@ -313,8 +313,8 @@ def provenance_line(results: Iterable[RunResult], profile: str) -> str:
 DELTA_NAMES = {
     "best_main_acc": "Δ main, best",
     "best_backdoor_acc": "Δ backdoor, best",
-    "mean_main_acc_last": "Δ main, last",
-    "mean_backdoor_acc_last": "Δ backdoor, last",
+    "mean_main_acc_last": "Δ main, last rounds",
+    "mean_backdoor_acc_last": "Δ backdoor, last rounds",
     "final_main_acc": "Δ main, final",
     "final_backdoor_acc": "Δ backdoor, final",
     "mean_tpr": "Δ TPR",
