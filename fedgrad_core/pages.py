@@ -72,6 +72,9 @@ PAPER_EDGE_CASE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "edge-case examples": 200,
             "DeepSight noise inputs per seed": 2000,
             "FedGrad switch_round": 50,
+            "pretrained starting models": 1,
+            "training images the clients share": "all",
+            "test images for main accuracy": "all",
         },
     },
     "mnist": {
@@ -82,6 +85,9 @@ PAPER_EDGE_CASE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "edge-case examples": 100,
             "DeepSight noise inputs per seed": 2000,
             "FedGrad switch_round": 50,
+            "pretrained starting models": 1,
+            "training images the clients share": "all",
+            "test images for main accuracy": "all",
         },
     },
 }
@@ -213,6 +219,11 @@ class Page:
     models: Mapping[str, str] = field(default_factory=dict)
     edge_examples: Mapping[str, Optional[int]] = field(default_factory=dict)
     deepsight_noise_samples: Optional[int] = None
+    # {data set: images} or one value: the training subsample the clients' shards come from, and
+    # the test subsample main accuracy is measured on (None: the whole split; ExperimentConfig)
+    train_samples: Any = None
+    eval_samples: Any = None
+    pretrain_seed: Optional[int] = None  # one pretrained model for every seed (None: each seed its own)
     executor: str = "local"
     workers: Optional[int] = None
 
@@ -249,6 +260,9 @@ class Page:
             rounds=self.rounds,
             local_epochs=self.local_epochs,
             pretrain_epochs=per_dataset(self.pretrain_epochs, dataset),
+            pretrain_seed=self.pretrain_seed,
+            train_samples=per_dataset(self.train_samples, dataset),
+            eval_samples=per_dataset(self.eval_samples, dataset),
             eval_every=self.eval_every,
             partition="phi",
             noniid=self.phi,
@@ -297,6 +311,9 @@ class Page:
                 "rounds": self.rounds,
                 "local epochs": self.local_epochs,
                 "pretraining epochs": per_dataset(self.pretrain_epochs, d),
+                "pretrained starting models": 1 if self.pretrain_seed is not None else len(self.seeds),
+                "training images the clients share": per_dataset(self.train_samples, d) or "all",
+                "test images for main accuracy": per_dataset(self.eval_samples, d) or "all",
                 "evaluated every (rounds)": self.eval_every,
                 "seeds": len(self.seeds),
                 "FedGrad switch_round": self.switch_round,

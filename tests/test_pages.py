@@ -184,3 +184,16 @@ def test_t_interval_is_the_student_t_interval_of_the_mean():
 def test_display_names_are_the_readers_names():
     assert display_name("pgd_mr") == "PGD + MR" and display_name("mnist") == "MNIST"
     assert display_name("my_new_defense") == "my_new_defense"
+
+
+def test_config_takes_subsamples_per_data_set_and_one_pretrain_seed_for_every_run_seed():
+    page = Page.from_parameters(
+        {**QUICK, "train_samples": {"cifar10": 5000, "mnist": 3000}, "eval_samples": 2000, "pretrain_seed": 0}
+    )
+    cifar, mnist = page.config("cifar10", "fedgrad", "blackbox", 2), page.config("mnist", "fedavg", "pgd", 1)
+    assert (cifar.train_samples, cifar.eval_samples, cifar.pretraining_seed, cifar.seed) == (5000, 2000, 0, 2)
+    assert (mnist.train_samples, mnist.eval_samples, mnist.pretraining_seed, mnist.seed) == (3000, 2000, 0, 1)
+    plain = Page.from_parameters(QUICK).config("mnist", "fedavg", "pgd", 1)
+    assert (plain.train_samples, plain.eval_samples, plain.pretraining_seed) == (None, None, 1)
+    note = page.settings_note({})
+    assert "| training images the clients share | 5000 |" in note and "| pretrained starting models | 1 |" in note
