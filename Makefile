@@ -33,13 +33,14 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 # The oldest versions pyproject.toml allows of numpy, scikit-learn, scipy, pandas and tqdm
-# (requirements/oldest.txt; torch and pytest from the lock), in their own venv, with the fast tests.
+# (requirements/oldest.txt; torch and pytest from the lock), in their own venv, with the fast tests
+# (PyYAML for tests/test_citation.py, which reads CITATION.cff).
 OLDEST := $(VENV)-oldest
 oldest:
 	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
 	grep -vE '^(numpy|scikit-learn|scipy|pandas|tqdm)==' $(LOCK) > $(OLDEST)/lock-rest.txt
 	$(OLDEST)/bin/python -m pip install --quiet --only-binary=numpy,scikit-learn,scipy,pandas -c requirements/oldest.txt \
-		-c $(OLDEST)/lock-rest.txt -e '.[test]' numpy scikit-learn scipy pandas tqdm
+		-c $(OLDEST)/lock-rest.txt -e '.[test]' numpy scikit-learn scipy pandas tqdm pyyaml
 	$(OLDEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(numpy|scikit-learn|scipy|pandas|tqdm|torch) '
 	$(OLDEST)/bin/python -m pytest -m "not slow" -q -p no:cacheprovider
 

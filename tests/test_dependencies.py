@@ -136,7 +136,7 @@ def build_wheel(out: Path) -> Path:
     tree it builds), without dependencies and without build isolation: this environment's
     setuptools, no download."""
     src = out / "src"
-    src.mkdir()
+    src.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "fedgrad_core", src / "fedgrad_core", ignore=shutil.ignore_patterns("__pycache__"))
@@ -151,7 +151,8 @@ def wheel_requirements(wheel: Path) -> list[Requirement]:
     with zipfile.ZipFile(wheel) as zf:
         (name,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = zf.read(name).decode()
-    return [Requirement(line.split(":", 1)[1].strip()) for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    lines = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    return [Requirement(line.split(":", 1)[1].strip()) for line in lines]
 
 
 @pytest.fixture(scope="session")
