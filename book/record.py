@@ -223,7 +223,7 @@ def annotate(path: Path, entry: dict[str, Any], *, stale_reason: str | None = No
     """Put (or replace) the banner cell after the notebook's first cell (its title)."""
     notebook = _read(path)
     cells = [c for c in notebook["cells"] if BANNER_TAG not in _tags(c)]
-    banner = {"cell_type": "markdown", "metadata": {"tags": [BANNER_TAG]},
+    banner = {"cell_type": "markdown", "id": BANNER_TAG, "metadata": {"tags": [BANNER_TAG]},
               "source": banner_text(entry, stale_reason=stale_reason)}
     at = 1 if cells and cells[0]["cell_type"] == "markdown" else 0
     notebook["cells"] = cells[:at] + [banner] + cells[at:]
