@@ -87,6 +87,8 @@ FIELD_HELP: dict[str, str] = {
     "pretrain_epochs": "centralised epochs on the clean training set before round 1 (the paper starts from a "
     "pretrained model; cached); an integer >= 0",
     "pretrain_lr": "the learning rate of that pretraining; a number > 0",
+    "pretrain_seed": "seed of the pretrained starting model: one value for every --seed gives all seeds the same "
+    "starting model, as the authors' runs load one; an integer >= 0, or 'none' for --seed",
     "seed": "seed of every random choice (partition, attacker pool, client sampling, training): the same seed "
     "gives the same history on a CPU; an integer",
     "device": "where to train: 'auto' (CUDA when present), 'cpu' or 'cuda[:N]'",
