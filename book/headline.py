@@ -132,8 +132,8 @@ def render(table: list[dict[str, Any]], entry: dict[str, Any], names: dict[str, 
         f"{_seeds(entry.get('seeds'))} of the **{entry.get('profile') or '?'}** profile "
         f"(commit `{commit}`); \"(paper)\" is the paper's Table 2"
         + (" (for MNIST its EMNIST numbers)." if any(r["dataset"] == "mnist" for r in table) else ".")
-        + (f"  The paper has no numbers for {', '.join(no_paper)} (\"--\")." if no_paper else "")
-        + f"  Every defense, both metrics and the intervals: {{doc}}`{PAGE}`; over the rounds: "
+        + (f"  The paper has no numbers for {', '.join(no_paper)}." if no_paper else "")
+        + f"  Every defense, more metrics and the spread over seeds: {{doc}}`{PAGE}`; over the rounds: "
         "{doc}`experiments/fig6_ba_over_rounds`.",
     ]
     return "\n".join(lines) + "\n"
