@@ -9,7 +9,7 @@ labelled as the paper's.
 Paired differences: the seeds are shared across the rows of a page (same seed, same partition,
 attacker pool and sampled clients), so ``paired_differences`` / ``paired_long`` pair each row's run
 with the baseline's run *of the same seed* and ``paired_table`` shows the differences as
-"mean [min, max]" in percentage points.  ``over_rounds`` gives per-seed curves smoothed over the
+"mean [min–max]" in percentage points.  ``over_rounds`` gives per-seed curves smoothed over the
 evaluated rounds; ``seed_range_table`` formats any per-seed numbers as "mean [min–max]";
 ``trust_clearing`` counts whom FedGrad's trust score cleared, per run.
 
@@ -332,14 +332,15 @@ def _signed(value: float, decimals: int) -> str:
 
 
 def format_range(mean: float, low: float, high: float, decimals: int = 1, *, n: int = 2, signed: bool = False) -> str:
-    """One cell: "7.2 [5.0–9.1]" (mean [min–max]), or with ``signed`` "−3.1 [−5.0, +1.2]" (a
-    difference: signs shown, the bounds split by a comma); only the mean when ``n`` (the number of
-    seeds behind it) is 1; "–" when the mean is NaN."""
+    """One cell: "7.2 [5.0–9.1]" (mean [min–max]), or with ``signed`` "−3.1 [−5.0–+1.2]" (a
+    difference: every sign shown, a true minus sign); only the mean when ``n`` (the number of seeds
+    behind it) is 1; "–" when the mean is NaN.  The range always has its en dash: the book's
+    fedgrad.js keeps such a "[lo–hi]" on one line."""
     if mean is None or math.isnan(mean):
         return "–"
     if signed:
         text = _signed(mean, decimals)
-        return text if n < 2 else f"{text} [{_signed(low, decimals)}, {_signed(high, decimals)}]"
+        return text if n < 2 else f"{text} [{_signed(low, decimals)}–{_signed(high, decimals)}]"
     text = f"{mean:.{decimals}f}"
     return text if n < 2 else f"{text} [{low:.{decimals}f}–{high:.{decimals}f}]"
 
@@ -414,7 +415,7 @@ def paired_long(
 
 
 def paired_table(long: pd.DataFrame, *, layout: str = "columns", percent: bool = True) -> pd.DataFrame:
-    """The reader's table of ``paired_long``'s differences: cells "mean [min, max]" over the seeds
+    """The reader's table of ``paired_long``'s differences: cells "mean [min–max]" over the seeds
     of (label minus baseline), signed; accuracies in percentage points with one decimal (``percent``),
     TPR / FPR with two decimals; only the mean for one seed.
 

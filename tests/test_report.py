@@ -271,9 +271,9 @@ def test_paired_table_shows_mean_and_range_of_the_differences_in_points(runs):
     assert list(table.columns) == ["black-box: Δ backdoor, best (pp)", "black-box: Δ main, best (pp)",
                                    "PGD: Δ backdoor, best (pp)", "PGD: Δ main, best (pp)"]
     assert list(table.index) == ["defense"]
-    assert table.loc["defense", "black-box: Δ backdoor, best (pp)"] == "−60.0 [−80.0, −50.0]"
-    assert table.loc["defense", "PGD: Δ main, best (pp)"] == "−2.0 [−7.0, +2.0]"
-    assert rows.loc["PGD", "Δ backdoor, best (pp)"] == "−60.0 [−80.0, −50.0]"
+    assert table.loc["defense", "black-box: Δ backdoor, best (pp)"] == "−60.0 [−80.0–−50.0]"
+    assert table.loc["defense", "PGD: Δ main, best (pp)"] == "−2.0 [−7.0–+2.0]"
+    assert rows.loc["PGD", "Δ backdoor, best (pp)"] == "−60.0 [−80.0–−50.0]"
     assert paired_long({("d", "a"): paired}, baseline="fedavg", metrics=["best_main_acc"])["group"].tolist() == [
         ("d", "a")] * 3
     # TPR / FPR: two decimals, no unit; one seed: the mean alone
@@ -287,8 +287,8 @@ def test_paired_table_shows_mean_and_range_of_the_differences_in_points(runs):
 def test_format_range_and_seed_range_table():
     assert format_range(7.25, 5.0, 9.1) == "7.2 [5.0–9.1]"
     assert format_range(7.25, 7.25, 7.25, n=1) == "7.2"  # one seed: min = max = mean
-    assert format_range(-3.14, -5.0, 1.2, signed=True) == "−3.1 [−5.0, +1.2]"
-    assert format_range(-0.01, -0.02, 0.0, signed=True) == "0.0 [0.0, 0.0]"  # no "−0.0"
+    assert format_range(-3.14, -5.0, 1.2, signed=True) == "−3.1 [−5.0–+1.2]"
+    assert format_range(-0.01, -0.02, 0.0, signed=True) == "0.0 [0.0–0.0]"  # no "−0.0"
     assert format_range(float("nan"), 0, 0) == "–"
     per_seed = pd.DataFrame({"variant": ["a", "a", "a", "b"], "x": [0.1, 0.3, 0.2, 0.5]})
     table = seed_range_table(per_seed, by="variant", columns={"x": "X (%)"}, scale=100)
