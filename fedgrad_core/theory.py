@@ -243,15 +243,20 @@ def expected_rounds_all_clients(n: int, k: int) -> float:
     return float(expectation)
 
 
+def _check_draws(n: int, k: int, repetitions: int) -> None:
+    """ValueError unless ``k`` of ``n`` clients can be drawn, ``repetitions`` times."""
+    if not (isinstance(n, int) and isinstance(k, int) and 2 <= k <= n):
+        raise ValueError(f"need integers 2 <= k <= n, got n={n!r}, k={k!r}")
+    if not (isinstance(repetitions, int) and repetitions >= 1):
+        raise ValueError(f"repetitions must be a positive integer, got {repetitions!r}")
+
+
 def simulate_rounds_until_covered(n: int, k: int, *, pairs: bool, repetitions: int = 100, seed: int = 0) -> float:
     """Monte Carlo mean of the rounds until every client (``pairs=False``) or every pair of
     clients (``pairs=True``) has been drawn together at least once."""
     import numpy as np
 
-    if not (isinstance(n, int) and isinstance(k, int) and 2 <= k <= n):
-        raise ValueError(f"need integers 2 <= k <= n, got n={n!r}, k={k!r}")
-    if not (isinstance(repetitions, int) and repetitions >= 1):
-        raise ValueError(f"repetitions must be a positive integer, got {repetitions!r}")
+    _check_draws(n, k, repetitions)
     rng = np.random.default_rng(seed)
     rounds = []
     for _ in range(repetitions):
@@ -278,10 +283,7 @@ def simulate_rounds_until_connected(n: int, k: int, *, repetitions: int = 100, s
     and at most as long as every pair meeting."""
     import numpy as np
 
-    if not (isinstance(n, int) and isinstance(k, int) and 2 <= k <= n):
-        raise ValueError(f"need integers 2 <= k <= n, got n={n!r}, k={k!r}")
-    if not (isinstance(repetitions, int) and repetitions >= 1):
-        raise ValueError(f"repetitions must be a positive integer, got {repetitions!r}")
+    _check_draws(n, k, repetitions)
     rng = np.random.default_rng(seed)
     rounds = []
     for _ in range(repetitions):

@@ -30,3 +30,16 @@ def data_source() -> Path:
     if source is None or not source.exists():
         pytest.skip("needs the offline data: set FEDGRAD_DATA_SOURCE (CI sets it to ../shared/data)")
     return source
+
+
+@pytest.fixture
+def clean_defenses():
+    """Defenses registered during the test are removed afterwards, whatever the test did."""
+    from fedgrad_core.defenses import available_defenses
+    from fedgrad_core.defenses.base import REGISTRY
+
+    before = set(available_defenses())
+    yield
+    for name in set(REGISTRY._factories) - before:
+        REGISTRY.unregister(name)
+    assert set(available_defenses()) == before

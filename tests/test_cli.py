@@ -31,14 +31,6 @@ def _option_help(text: str, flag: str) -> str:
     return " ".join(match.group(0).split())
 
 
-@pytest.fixture
-def clean_defenses():
-    before = set(available_defenses())
-    yield
-    for name in set(REGISTRY._factories) - before:
-        REGISTRY.unregister(name)
-
-
 # --------------------------------------------------------------------------- run --help
 
 

@@ -37,16 +37,6 @@ def write_module(tmp_path, monkeypatch, name: str, source: str) -> None:
     monkeypatch.delitem(sys.modules, name, raising=False)
 
 
-@pytest.fixture
-def clean_defenses():
-    """Names registered during the test are removed afterwards, whatever the test did."""
-    before = set(available_defenses())
-    yield
-    for name in set(REGISTRY._factories) - before:
-        REGISTRY.unregister(name)
-    assert set(available_defenses()) == before
-
-
 # --------------------------------------------------------------------------- the generic registry
 
 
