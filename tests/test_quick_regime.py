@@ -60,8 +60,17 @@ def test_every_quick_page_with_seeds_has_at_least_three(name):
 PAPER_PAGES = sorted(n for n in FEDERATED if n != "beyond_exclusion")
 
 
+def switch_round_for(rounds: int) -> int:
+    """The authors' code switches at round 50 of 1,000 (rounds count from 1, the hard filter and
+    trust act from the switch round on): 5% of the run, and at least one soft-filter-only round."""
+    return max(2, round(0.05 * rounds))
+
+
+def test_the_switch_rule_gives_the_authors_round_at_their_length():
+    assert switch_round_for(1000) == 50 and switch_round_for(12) == 2 and switch_round_for(60) == 3
+
+
 @pytest.mark.parametrize("name", PAPER_PAGES)
-def test_fedgrads_switch_round_keeps_its_share_of_the_run(name):
-    # the authors' code switches at round 50 of 1,000: 5% of the run; ours at that share, rounded up
+def test_fedgrads_switch_round_keeps_its_share_of_the_run_after_a_soft_filter_only_start(name):
     page = FEDERATED[name]
-    assert page["switch_round"] == max(1, -(-page["rounds"] * 5 // 100))
+    assert page["switch_round"] == switch_round_for(page["rounds"])
