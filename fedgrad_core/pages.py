@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, MutableMapping, Optional, Sequence
 
 from fedgrad_core.config import ExperimentConfig
-from fedgrad_core.report import ci95_half_width, provenance_line
+from fedgrad_core.report import provenance_line
 from fedgrad_core.results import RunResult
 from fedgrad_core.runs import run_many
 
@@ -185,19 +184,6 @@ def per_dataset(value: Any, dataset: str) -> Any:
     return value
 
 
-def t_interval(values: Sequence[float]) -> tuple[float, float]:
-    """seaborn ``errorbar``: mean -+ the half-width of the Student-t 95% interval over seeds.
-
-    With one value (no interval) both ends are the mean.  For callers with many seeds: the book's
-    pages do not use it (over 2-5 seeds the interval says little; t = 12.7 for two); they show the
-    range over seeds (seaborn ``errorbar=("pi", 100)``) and the seeds themselves.
-    """
-    values = [float(v) for v in values]
-    mean = sum(values) / len(values)
-    half = ci95_half_width(values)
-    return (mean, mean) if math.isnan(half) else (mean - half, mean + half)
-
-
 @dataclass(frozen=True)
 class Page:
     """The parameters an experiment page shares with the others (its own, e.g. ``attacks``, stay in it).
@@ -350,10 +336,18 @@ class Page:
         )
 
 
+def expected_joins(rounds: float, clients_per_round: float, num_clients: float) -> float:
+    """rounds x K / N: the expected number of rounds a client joins when K of N are drawn uniformly
+    each round (the history FedGrad's running scores and trust get per client)."""
+    return rounds * clients_per_round / num_clients
+
+
 def _joins(settings: Mapping[str, Any]) -> str:
-    """rounds x K / N, the expected number of rounds a client joins; "–" without all three."""
+    """``expected_joins`` of a settings table's column; "–" without all three."""
     try:
-        value = float(settings["rounds"]) * float(settings["clients per round K"]) / float(settings["clients N"])
+        value = expected_joins(
+            float(settings["rounds"]), float(settings["clients per round K"]), float(settings["clients N"])
+        )
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return "–"
     return f"{value:.3g}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 
@@ -22,7 +21,6 @@ from fedgrad_core.pages import (
     display_name,
     parse_injected,
     per_dataset,
-    t_interval,
 )
 from fedgrad_core.results import RunResult
 
@@ -172,13 +170,6 @@ def test_caption_is_the_provenance_line_of_every_run_in_italics():
         "*Measured: profile quick, seeds [0, 4], data offline copy, hardware cpu-x [cpu], commit 01234567.*"
     )
     assert page.caption(runs["a"]).startswith("*Measured: profile quick, seeds [0],")
-
-
-def test_t_interval_is_the_student_t_interval_of_the_mean():
-    # two values 1 and 3: mean 2, s = sqrt(2), half-width t_{0.975,1} * s / sqrt(2) = 12.7062
-    low, high = t_interval([1.0, 3.0])
-    assert math.isclose(low, 2 - 12.706204736, rel_tol=1e-8) and math.isclose(high, 2 + 12.706204736, rel_tol=1e-8)
-    assert t_interval([0.4]) == (0.4, 0.4)  # one seed: no interval
 
 
 def test_display_names_are_the_readers_names():
