@@ -73,22 +73,3 @@ def test_fedgrads_switch_round_keeps_its_share_of_the_run_after_a_soft_filter_on
     page = FEDERATED[name]
     assert page["switch_round"] == switch_round_for(page["rounds"])
 
-
-def _parameters_cell(name: str) -> dict:
-    """The literal values of a notebook's ``parameters`` cell: the quick values a reader sees."""
-    import ast
-
-    notebook = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb").read_text())
-    cell = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
-    values = {}
-    for node in ast.parse("".join(cell["source"])).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            values[node.targets[0].id] = ast.literal_eval(node.value)
-    return values
-
-
-@pytest.mark.parametrize("name", PAPER_PAGES)
-def test_the_notebooks_parameters_cells_are_the_quick_profile(name):
-    cell = _parameters_cell(name)
-    assert cell["profile"] == "quick"
-    assert {k: cell.get(k, "missing") for k in QUICK[name]} == QUICK[name]
