@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut 
 # Data and caches stay inside the checkout unless the caller points elsewhere.
 export FEDGRAD_DATA_ROOT ?= $(CURDIR)/data
 export FEDGRAD_CACHE ?= $(CURDIR)/cache
-# quick: the real tasks on a 2-core CPU, 52.8 min cold (measured; book/paper_experiments.md);
+# quick: the real tasks, reduced for a 2-core CPU (its measured cost: benchmarks/RESULTS.md);
 # CI builds smoke (.ci/run)
 PROFILE ?= quick
 
