@@ -404,7 +404,9 @@ def pretrained_state(config: ExperimentConfig, task: Task, device: str) -> dict[
     settings = LocalTraining(
         config.pretrain_lr, config.pretrain_epochs, config.batch_size, config.momentum, config.weight_decay
     )
-    local_train(model, task.train, settings, generator=torch_generator(config.pretraining_seed, _PRETRAIN), device=device)
+    local_train(
+        model, task.train, settings, generator=torch_generator(config.pretraining_seed, _PRETRAIN), device=device
+    )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda fh: torch.save(state, fh))
     log.info("pretrained model cached at %s", path)
