@@ -77,7 +77,8 @@ FIELD_HELP: dict[str, str] = {
     "train_samples": "the clients' shards are cut from a stratified subsample of this many training images "
     "(pretraining still uses the whole split); an integer >= N, or 'none' for the whole split",
     "eval_samples": "main accuracy is measured on a fixed stratified subsample of this many test images (the "
-    "backdoor test set is always whole); an integer >= 1, or 'none' for the whole test split",
+    "same for a larger backdoor test set, such as a trigger stamped on the test split); an integer >= 1, or "
+    "'none' for the whole test split",
     "partition": "how the training set is split among the clients: iid, dirichlet (per-class Dirichlet(alpha)) "
     "or phi (the paper's non-IID scheme: a share phi of each class goes to its own group of clients)",
     "noniid": "the degree of non-IID: alpha of the dirichlet partition (smaller = more skewed) or phi of the phi "

@@ -55,7 +55,8 @@ class ExperimentConfig:
     # at the cost of a round of today's N.
     train_samples: Optional[int] = None
     # Main accuracy is measured on a fixed stratified subsample of this many test images (the same
-    # for every run and seed); None: the whole test split.  The backdoor test set is always whole.
+    # for every run and seed); None: the whole test split.  A backdoor test set larger than this
+    # (a trigger stamped on the test split) is subsampled to it too; edge-case sets are smaller.
     eval_samples: Optional[int] = None
     partition: str = "dirichlet"  # "dirichlet", "phi" or "iid"
     noniid: float = 0.5  # Dirichlet alpha, or phi for the phi partition

@@ -112,10 +112,15 @@ def setup_run(config: ExperimentConfig, device: str) -> RunSetup:
         )
     ]
     shape = dict(in_channels=task.image_shape[0], num_classes=task.num_classes, seed=config.seed)
+    backdoor = attack.backdoor_test_set()
+    if config.eval_samples is not None and backdoor is not None and config.eval_samples < len(backdoor):
+        # A trigger's backdoor set is the whole test split stamped (about 9,000 images): measured on
+        # a fixed subsample like main accuracy.  Edge-case sets (ARDIS, Southwest) are smaller.
+        backdoor = backdoor.subset(stratified_subsample(backdoor.y, config.eval_samples))
     return RunSetup(
         attack=attack,
         task=task,
-        backdoor=attack.backdoor_test_set(),
+        backdoor=backdoor,
         shards=shards,
         pool=attacker_pool(config),
         model=make_model(config.model_name, **shape).to(device),

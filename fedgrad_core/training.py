@@ -68,6 +68,8 @@ def local_train(
     if len(data) == 0:
         raise ValueError("local_train got an empty data set")
     hooks = hooks or TrainingHooks()
+    layout = _fast_layout(model, device)
+    model.to(memory_format=layout)  # before the optimiser: it keeps the parameters, not copies
     model.train()
     optimiser = torch.optim.SGD(
         model.parameters(),
@@ -76,20 +78,23 @@ def local_train(
         weight_decay=settings.weight_decay,
     )
     step = 0
-    with torch.random.fork_rng(devices=_cuda_devices(device)):
-        _seed_global(seed_from(generator), device)  # dropout masks
-        for _ in range(settings.epochs):
-            order = torch.randperm(len(data), generator=generator)
-            for start in range(0, len(data), settings.batch_size):
-                idx = order[start : start + settings.batch_size]
-                x, y = hooks.transform_batch(data.x[idx], data.y[idx])
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                optimiser.zero_grad(set_to_none=True)
-                loss = hooks.loss(model, F.cross_entropy(model(x), y))
-                loss.backward()
-                optimiser.step()
-                step += 1
-                hooks.after_step(model, step)
+    try:
+        with torch.random.fork_rng(devices=_cuda_devices(device)):
+            _seed_global(seed_from(generator), device)  # dropout masks
+            for _ in range(settings.epochs):
+                order = torch.randperm(len(data), generator=generator)
+                for start in range(0, len(data), settings.batch_size):
+                    idx = order[start : start + settings.batch_size]
+                    x, y = hooks.transform_batch(data.x[idx], data.y[idx])
+                    x, y = _to(x, device, layout), y.to(device, non_blocking=True)
+                    optimiser.zero_grad(set_to_none=True)
+                    loss = hooks.loss(model, F.cross_entropy(model(x), y))
+                    loss.backward()
+                    optimiser.step()
+                    step += 1
+                    hooks.after_step(model, step)
+    finally:
+        model.to(memory_format=torch.contiguous_format)  # callers and defenses see plain tensors
     hooks.after_training(model)
     return step
 
@@ -232,11 +237,36 @@ def predict(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
+    layout = _fast_layout(model, device)
+    model.to(memory_format=layout)
     out = torch.empty(len(x), dtype=torch.int64)
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            out[i : i + batch_size] = model(x[i : i + batch_size].to(device)).argmax(1).cpu()
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(x), batch_size):
+                out[i : i + batch_size] = model(_to(x[i : i + batch_size], device, layout)).argmax(1).cpu()
+    finally:
+        model.to(memory_format=torch.contiguous_format)
     return out
+
+
+#: Convolutions on the CPU run faster with channels-last tensors (oneDNN's layout): measured at one
+#: thread on the shared 2-core CPU (benchmarks/RESULTS.md, section 7), a training step of batch 32
+#: 1.55x (MNIST CNN) and 1.24x (VGG-9-slim) faster, evaluation 1.9x and 1.75x.  The layout
+#: changes only the order of the sums inside a convolution: results agree to float rounding.
+CPU_CHANNELS_LAST = True
+
+
+def _fast_layout(model: nn.Module, device: torch.device | str) -> torch.memory_format:
+    """channels-last for a convolutional model on the CPU (see ``CPU_CHANNELS_LAST``), else the default."""
+    convolutional = any(p.dim() == 4 for p in model.parameters())
+    if CPU_CHANNELS_LAST and convolutional and torch.device(device).type == "cpu":
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _to(x: Tensor, device: torch.device | str, layout: torch.memory_format) -> Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=layout) if x.dim() == 4 else x
 
 
 def _seed_global(seed: int, device: torch.device | str) -> None:

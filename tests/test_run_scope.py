@@ -94,6 +94,24 @@ def test_clients_share_the_training_subsample_and_the_test_subsample_is_the_same
     assert shard_rows[0].shape == shard_rows[1].shape and not torch.equal(shard_rows[0], shard_rows[1])
 
 
+def test_a_trigger_backdoor_set_larger_than_eval_samples_is_subsampled_the_same_for_every_seed():
+    # Prepare: digits' 360 test images stamped with the trigger, less the target's (about 324)
+    base = ExperimentConfig(num_clients=20, partition="iid", attack="pixel_trigger", eval_samples=120)
+    whole = setup_run(base.replace(eval_samples=None), "cpu").backdoor
+
+    # Execute
+    runs = [setup_run(base.replace(seed=s), "cpu").backdoor for s in (0, 1)]
+    larger = setup_run(base.replace(eval_samples=len(whole) + 10), "cpu").backdoor
+
+    # Assert: 120 stamped images drawn from the whole set, the same rows for both seeds; a limit
+    # above the set's size keeps it whole
+    assert len(whole) > 120 and all(len(b) == 120 for b in runs)
+    assert torch.equal(runs[0].x, runs[1].x) and bool((runs[0].y == whole.y[0]).all())
+    rows = {tuple(x.flatten().tolist()) for x in whole.x}
+    assert all(tuple(x.flatten().tolist()) in rows for x in runs[0].x)
+    assert torch.equal(larger.x, whole.x)
+
+
 def test_without_subsamples_the_clients_share_the_whole_training_split():
     run = setup_run(ExperimentConfig(num_clients=20, partition="iid"), "cpu")
     assert sum(len(s) for s in run.shards) == len(run.task.train)

@@ -169,3 +169,37 @@ def test_predict_matches_the_models_argmax_across_a_ragged_last_batch():
     assert predict(model, x[:0]).shape == (0,)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         predict(model, x, batch_size=0)
+
+
+@pytest.mark.parametrize("name, shape", [("cnn_mnist", (1, 28, 28)), ("vgg9_slim", (3, 32, 32))])
+def test_channels_last_training_equals_the_default_layout_and_leaves_plain_tensors(name, shape, monkeypatch):
+    # Prepare: two copies of a convolutional model and 37 samples (a ragged last batch of 5)
+    from fedgrad_core import training
+
+    data = _clients([37], shape=shape)[0]
+    settings = LocalTraining(lr=0.05, epochs=1, batch_size=16)
+    trained = {}
+    for fast in (False, True):
+        monkeypatch.setattr(training, "CPU_CHANNELS_LAST", fast)
+        model = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
+        # Execute
+        local_train(model, data, settings, generator=torch.Generator().manual_seed(1))
+        trained[fast] = (model.state_dict(), predict(model, data.x))
+
+    # Assert: the same model up to float rounding, the same predictions, and every tensor handed
+    # back in the default layout (defenses flatten state dicts)
+    (plain, plain_labels), (fast, fast_labels) = trained[False], trained[True]
+    for key in plain:
+        assert fast[key].is_contiguous(), key
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-4, atol=1e-5)
+    assert torch.equal(fast_labels, plain_labels)
+
+
+def test_channels_last_applies_to_convolutional_models_on_the_cpu_only():
+    from fedgrad_core.training import _fast_layout
+
+    cnn = make_model("cnn_mnist", in_channels=1, num_classes=10, seed=0)
+    mlp = make_model("digits_mlp", in_channels=1, num_classes=10, seed=0)
+    assert _fast_layout(cnn, "cpu") == torch.channels_last
+    assert _fast_layout(mlp, "cpu") == torch.contiguous_format
+    assert _fast_layout(cnn, "cuda") == torch.contiguous_format
