@@ -2,17 +2,17 @@
 
 Each built-in defense plays ``ROUNDS`` rounds of one small digits run (black-box attack, N = 12,
 K = 8, one pretraining epoch) through the simulation's round loop; FedGrad switches at round 2, so
-its hard filter and trust score act.  Per round the test compares with ``tests/golden/defenses.pt``:
+its hard filter and trust score act; FedGrad plays again with each of its options (``VARIANTS``).
+Per round the test compares with ``tests/golden/defenses.pt``:
 
 - the flagged set, exactly;
 - the defense's ``state_dict()``: same keys, types, dtypes and shapes, values to 1e-6;
-- the global model: every tensor to 1e-6, after every round for FedGrad and after the last round
-  for the others.
+- the global model: every tensor to 1e-6 after the last round (FedGrad's variants: by sketch).
 
 Where a full record would make the fixture large (every defense's model after every round, and
-FoolsGold's history of 12 x 17,226 floats: 2.5 MB and 0.8 MB), a tensor is recorded by a sketch of
-each of its rows (sum, sum of absolute values, projection on a fixed random unit vector) and
-compared to the bound that rows equal to 1e-6 give.  A round's model feeds the next round, so a
+FoolsGold's history of 12 x 17,226 floats: 2.5 MB and 0.8 MB), a tensor is recorded by a sketch
+(sum, sum of absolute values, projection on a fixed random unit vector; per row for a defense's
+state) and compared to the bound that tensors equal to 1e-6 give.  A round's model feeds the next round, so a
 change that a sketch hides still shows in the later rounds and in the final model.
 
 The record guards refactoring: behaviour must not change.  When a change is *meant* to alter a
@@ -43,11 +43,37 @@ TOL = 1e-6
 #: Per-defense parameters beyond the run's context: FedGrad's hard filter and trust act from round 2.
 PARAMS: dict[str, dict[str, Any]] = {"fedgrad": {"switch_round": 2}}
 BUILTIN = sorted(n for n in available_defenses() if REGISTRY.source(n).startswith("fedgrad_core."))
-#: Defenses whose full global model is recorded after every round (the others: after the last).
-FULL_MODELS = ("fedgrad",)
+#: FedGrad's options, each case under its own name: (defense, parameters).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fedgrad[update,raw,ultimate]": (
+        "fedgrad",
+        {"switch_round": 2, "gradient": "update", "bias": "raw", "closeness": "ultimate"},
+    ),
+    "fedgrad[largest_gap,decay]": ("fedgrad", {"switch_round": 2, "soft_threshold": "largest_gap", "trust_decay": 0.8}),
+    "fedgrad[strict,no fallback]": (
+        "fedgrad",
+        {"switch_round": 1, "strict_factor": 0.5, "fallback": "none", "num_attackers_estimate": 2},
+    ),
+    "fedgrad[hard only]": ("fedgrad", {"switch_round": 2, "use_soft": False, "use_trust": False}),
+    "fedgrad[soft only]": ("fedgrad", {"switch_round": 2, "use_hard": False}),
+    "fedgrad[named layer,gamma]": (
+        "fedgrad",
+        {
+            "switch_round": 2,
+            "ultimate_layer": ("classifier.weight", "classifier.bias"),
+            "kmeans_n_init": 3,
+            "zeta": 0.3,
+            "gamma": 0.6,
+            "lambda1": 0.1,
+            "lambda2": 0.9,
+        },
+    ),
+}
+CASES = {**{name: (name, PARAMS.get(name, {})) for name in BUILTIN}, **VARIANTS}
 
 
-def config(defense: str) -> ExperimentConfig:
+def config(case: str) -> ExperimentConfig:
+    defense, params = CASES[case]
     return ExperimentConfig(
         dataset="digits",
         num_clients=12,
@@ -56,7 +82,7 @@ def config(defense: str) -> ExperimentConfig:
         local_epochs=1,
         attack="blackbox",
         defense=defense,
-        defense_params=PARAMS.get(defense, {}),
+        defense_params=params,
         pretrain_epochs=1,
         seed=3,
         device="cpu",
@@ -67,10 +93,10 @@ def config(defense: str) -> ExperimentConfig:
 BIG = 4096
 
 
-def sketch(tensor: torch.Tensor) -> dict[str, Any]:
-    """Per row (the whole tensor for 0-D and 1-D), float64: sum, sum of |x|, projection on a
-    fixed seeded unit vector."""
-    rows = tensor.detach().to(torch.float64).reshape(tensor.shape[0] if tensor.dim() > 1 else 1, -1)
+def sketch(tensor: torch.Tensor, *, by_row: bool = False) -> dict[str, Any]:
+    """Of the whole tensor, or of every row with ``by_row``, float64: sum, sum of |x|, projection
+    on a fixed seeded unit vector."""
+    rows = tensor.detach().to(torch.float64).reshape(tensor.shape[0] if by_row and tensor.dim() > 1 else 1, -1)
     direction = torch.randn(rows.shape[1], generator=torch.Generator().manual_seed(rows.shape[1]), dtype=torch.float64)
     direction /= direction.norm().clamp_min(1e-300)
     return {"sketch": torch.stack([rows.sum(1), rows.abs().sum(1), rows @ direction], dim=1), "row": rows.shape[1]}
@@ -83,15 +109,15 @@ def recorded(value: Any, *, full: bool) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(recorded(v, full=full) for v in value)
     if isinstance(value, torch.Tensor):
-        return value.detach().clone() if full and value.numel() <= BIG else sketch(value)
+        return value.detach().clone() if full and value.numel() <= BIG else sketch(value, by_row=True)
     return value
 
 
-def play(defense: str) -> dict[str, Any]:
-    """The defense's rounds: flagged sets, model sketches and states per round, final model."""
+def play(case: str) -> dict[str, Any]:
+    """The case's rounds: flagged set, model and defense state after each round."""
     from fedgrad_core import simulation
 
-    cfg = config(defense)
+    cfg = config(case)
     run = simulation.setup_run(cfg, "cpu")
     run.model.load_state_dict(simulation.pretrained_state(cfg, run.task, "cpu"))
     rounds = []
@@ -100,7 +126,7 @@ def play(defense: str) -> dict[str, Any]:
             cfg, round_idx, run.model, run.worker, run.defense, run.attack, run.task, run.backdoor,
             run.shards, run.pool, "cpu",
         )  # fmt: skip
-        full = defense in FULL_MODELS or round_idx == ROUNDS
+        full = round_idx == ROUNDS and case in BUILTIN
         model = {k: (v.detach().clone() if full else sketch(v)) for k, v in run.model.state_dict().items()}
         rounds.append(
             {"flagged": record["flagged"], "model": model, "state": recorded(run.defense.state_dict(), full=True)}
@@ -121,7 +147,7 @@ def golden(tmp_path_factory, one_thread) -> dict[str, Any]:
     if REGENERATE:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("FEDGRAD_CACHE", str(tmp_path_factory.mktemp("cache")))
-            record = {name: play(name) for name in BUILTIN}
+            record = {case: play(case) for case in CASES}
         GOLDEN.parent.mkdir(exist_ok=True)
         torch.save(record, GOLDEN)
     return torch.load(GOLDEN, weights_only=True)
@@ -155,16 +181,16 @@ def assert_same(got: Any, want: Any, where: str) -> None:
 
 
 def test_the_record_covers_every_builtin_defense(golden):
-    assert sorted(golden) == BUILTIN
+    assert set(BUILTIN) <= set(CASES) and sorted(golden) == sorted(CASES)
 
 
-@pytest.mark.parametrize("defense", BUILTIN)
-def test_defense_gives_the_recorded_rounds(defense, golden, tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("case", list(CASES))
+def test_defense_gives_the_recorded_rounds(case, golden, tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("FEDGRAD_CACHE", str(tmp_path))
-    got, want = play(defense), golden[defense]
+    got, want = play(case), golden[case]
 
     assert len(got["rounds"]) == len(want["rounds"]) == ROUNDS
     for r, (g, w) in enumerate(zip(got["rounds"], want["rounds"]), start=1):
-        assert g["flagged"] == w["flagged"], f"{defense} round {r}: flagged {g['flagged']} != {w['flagged']}"
-        assert_same(g["state"], w["state"], f"{defense} round {r} state")
-        assert_same(g["model"], w["model"], f"{defense} round {r} model")
+        assert g["flagged"] == w["flagged"], f"{case} round {r}: flagged {g['flagged']} != {w['flagged']}"
+        assert_same(g["state"], w["state"], f"{case} round {r} state")
+        assert_same(g["model"], w["model"], f"{case} round {r} model")
