@@ -8,10 +8,14 @@ per seed) through the simulation's own set-up and rounds; in every round a secon
 per round, both flagged sets, and the number of rounds where they agree.  Needs the data sets
 (FEDGRAD_DATA_SOURCE); minutes on a CPU.
 
-Measured 2026-11-26, seed 0, 1 torch thread, shared 2-core AMD EPYC CPU: with 500 inputs the
-flagged sets equal those with 2,000 in 12 of 12 rounds on MNIST (CNN) and 12 of 12 on CIFAR-10
-(VGG-9-slim), each call about 4x faster (MNIST 3.4-8.9 s against 11.9-43.9 s; CIFAR-10 2.1-3.5 s
-against 11.0-13.4 s).  The quick profile uses 500 for this reason.
+Measured 2026-11-26, seed 0, 1 torch thread, shared 2-core AMD EPYC CPU, at the quick profile of
+then (N = 500 / 600, 12 rounds): with 500 inputs the flagged sets equal those with 2,000 in 12 of 12
+rounds on MNIST (CNN) and 12 of 12 on CIFAR-10 (VGG-9-slim), each call about 4x faster.
+
+Measured 2026-12-07 at commit 8c4900d, same machine and thread, at the quick profile of now (N = 32,
+K = 10, 10 rounds, the settings below): with 100 inputs the flagged sets equal those with 2,000 in
+10 of 10 rounds on MNIST and 10 of 10 on CIFAR-10, each call about 16x faster (0.9-1.0 s against
+15.4-17.5 s on MNIST, 1.0 s against about 16.6 s on CIFAR-10).  The quick profile uses 100.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from fedgrad_core.config import ExperimentConfig, validate
 from fedgrad_core.defenses.deepsight import DeepSight
 
 QUICK = {  # notebooks/profiles.json, quick, table2_edge_case
-    "cifar10": dict(model="vgg9_slim", num_clients=500, poisoned_data_rate=0.33, pretrain_epochs=6),
-    "mnist": dict(model="cnn_mnist", num_clients=600, poisoned_data_rate=0.5, pretrain_epochs=2),
+    "cifar10": dict(model="vgg9_slim", poisoned_data_rate=0.33, pretrain_epochs=6, train_samples=4000),
+    "mnist": dict(model="cnn_mnist", poisoned_data_rate=0.5, pretrain_epochs=2, train_samples=2400),
 }
 
 
@@ -53,7 +57,7 @@ class _Twin:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--datasets", nargs="+", default=["mnist", "cifar10"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -61,14 +65,19 @@ def main() -> None:
     for dataset in args.datasets:
         config = ExperimentConfig(
             dataset=dataset,
+            num_clients=32,
             clients_per_round=10,
-            rounds=12,
-            local_epochs=2,
+            rounds=10,
+            local_epochs=1,
             lr=0.02,
             attack="blackbox",
-            attack_params={"num_edge": 100},
+            attack_params={"num_edge": 50},
             defense="deepsight",
-            eval_every=3,
+            partition="phi",
+            noniid=0.5,
+            eval_samples=1000,
+            pretrain_seed=0,
+            eval_every=1,
             seed=args.seed,
             **QUICK[dataset],
         )
