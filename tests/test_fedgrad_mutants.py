@@ -30,7 +30,7 @@ from fedgrad_core.defenses.fedgrad import (
     soft_filter_threshold,
 )
 
-from test_fedgrad_rounds import E, G, client  # the tiny model of that file (see the docstring)
+from test_fedgrad_rounds import E, G, client, pair_block  # the tiny model of that file (see the docstring)
 
 
 @pytest.fixture
@@ -80,7 +80,9 @@ def two_rounds(**params) -> FedGrad:
 
 def test_state_dict_entries_have_their_dtypes_shapes_and_order():
     # Prepare
-    defense = two_rounds()
+    defense = FedGrad(switch_round=1, num_attackers_estimate=1)
+    outs = [defense.aggregate(G, mixed_round(ROUNDS[r], r), r) for r in range(2)]
+    latest = {**outs[0].diagnostics["soft_scores"], **outs[1].diagnostics["soft_scores"]}
     # Execute
     state = defense.state_dict()
     # Assert: ids ascending for the per-client entries, first-seen order for the pair arrays,
@@ -88,11 +90,11 @@ def test_state_dict_entries_have_their_dtypes_shapes_and_order():
     assert state["soft_ids"].dtype == torch.int64 and state["soft_ids"].tolist() == [5, 10, 20, 30, 40]
     assert state["soft_rounds"].dtype == torch.int64 and state["soft_rounds"].tolist() == [1, 2, 2, 2, 1]
     assert state["soft_mean"].dtype == torch.float64
-    assert state["soft_mean"].tolist() == [defense._soft[c][0] for c in (5, 10, 20, 30, 40)]
+    assert state["soft_mean"].tolist() == [latest[str(c)] for c in (5, 10, 20, 30, 40)]  # the running means
     assert state["trust_ids"].dtype == torch.int64 and state["trust_ids"].tolist() == [5, 10, 20, 30, 40]
     assert state["trust_count"].dtype == torch.int64 and state["trust_count"].tolist() == [2, 3, 3, 3, 2]
     assert state["pair_ids"].tolist() == [10, 20, 30, 40, 5]
-    assert defense._pair_w.shape == (16, 16)
+    assert defense.history.pair_w.shape == (16, 16)  # the capacity grows to 16 at once
     for key, dtype in (("pair_w", torch.float32), ("pair_b", torch.float32), ("pair_n", torch.int32)):
         assert state[key].dtype == dtype and state[key].shape == (5, 5), key
     np.testing.assert_array_equal(state["pair_n"].numpy()[:4, :4], np.full((4, 4), [[2, 2, 2, 1]] * 3 + [[1, 1, 1, 1]]))
@@ -125,12 +127,14 @@ def test_loaded_state_continues_exactly_like_the_uninterrupted_defense():
     assert a.diagnostics == b.diagnostics and a.flagged == b.flagged
     for key in G:
         assert torch.equal(a.global_state[key], b.global_state[key]), key
-    assert resumed._trust == straight._trust and resumed._soft == straight._soft
-    assert all(isinstance(v[1], int) for v in resumed._trust.values())  # round counts stay counts
-    assert resumed._pair_index == straight._pair_index
-    for attr in ("_pair_w", "_pair_b", "_pair_n"):
-        n = len(straight._pair_index)
-        np.testing.assert_array_equal(getattr(resumed, attr)[:n, :n], getattr(straight, attr)[:n, :n])
+    after, want = resumed.state_dict(), straight.state_dict()
+    assert list(after) == list(want)
+    for key in want:
+        if isinstance(want[key], torch.Tensor):
+            assert after[key].dtype == want[key].dtype and torch.equal(after[key], want[key]), key
+        else:
+            assert after[key] == want[key], key
+    assert all(isinstance(v[1], int) for v in resumed.history.trust.values())  # round counts stay counts
 
 
 def test_broken_saved_states_are_refused_with_the_entry_named():
@@ -340,11 +344,10 @@ def test_pair_history_grows_past_its_first_capacity():
     defense.aggregate(G, round_of(range(40)), 1)
     # Assert: every pair of the first 20 met twice, every pair with a newcomer once; the
     # by-class bias vectors of c and c' are equal (cosine 1, scaled 1) or orthogonal (0)
-    idx = [defense._pair_index[c] for c in range(40)]
-    n = defense._pair_n[np.ix_(idx, idx)]
+    n = pair_block(defense, "pair_n", range(40))
     assert n[:20, :20].min() == 2 and n[20:, :].max() == 1 and n[:, 20:].max() == 1
     same = (np.arange(40)[:, None] % 3) == (np.arange(40)[None, :] % 3)
-    np.testing.assert_array_equal(defense._pair_b[np.ix_(idx, idx)], same.astype(np.float32))
+    np.testing.assert_array_equal(pair_block(defense, "pair_b", range(40)), same.astype(np.float32))
 
 
 def test_bias_pair_history_is_a_running_mean_over_shared_rounds():
@@ -362,15 +365,14 @@ def test_bias_pair_history_is_a_running_mean_over_shared_rounds():
         updates = [client(cid, fc__bias=0.25 * torch.tensor(v, dtype=torch.float32)) for cid, v in members]
         defense.aggregate(G, updates, t)
     # Assert
-    idx = np.ix_(*[[defense._pair_index[c] for c in range(4)]] * 2)
     expected = np.array([
         [1.0, 0.0, 0.0, 0.0],
         [r / 2, 1.0, 0.0, r],
         [r, r, 1.0, 0.0],
         [0.0, 0.0, 0.0, 1.0],
     ])
-    np.testing.assert_allclose(defense._pair_b[idx], expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(defense._pair_w[idx], np.zeros((4, 4)))
+    np.testing.assert_allclose(pair_block(defense, "pair_b", range(4)), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(pair_block(defense, "pair_w", range(4)), np.zeros((4, 4)))
 
 
 # --------------------------------------------------------------------------- through aggregate

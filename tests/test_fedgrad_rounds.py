@@ -343,6 +343,13 @@ def test_parameter_keys_by_name_rule_and_by_model():
 # --------------------------------------------------------------------------- pairwise history
 
 
+def pair_block(defense: FedGrad, key: str, ids) -> np.ndarray:
+    """The saved pair array ``key`` (``pair_w``, ``pair_b`` or ``pair_n``) over ``ids``, in that order."""
+    state = defense.state_dict()
+    pos = [state["pair_ids"].tolist().index(c) for c in ids]
+    return state[key].numpy()[np.ix_(pos, pos)]
+
+
 def test_pairwise_history_is_a_running_mean_over_shared_rounds():
     # Prepare: by-class vectors (gradient="update", biases unchanged: the bias half is 0)
     #   round 0, ids 0 1 2: (1,0,0) (0,1,0) (1,1,0) -> cosines [[1,0,r],[0,1,r],[r,r,1]],
@@ -360,16 +367,18 @@ def test_pairwise_history_is_a_running_mean_over_shared_rounds():
         changes = by_class(*[tuple(0.25 * x for x in v) for _, v in members])
         defense.aggregate(G, [client(cid, fc__weight=d) for (cid, _), d in zip(members, changes)], t)
     # Assert: (i, j) is row i, column j; pairs that met twice hold the mean of two rounds
-    idx = np.ix_(*[[defense._pair_index[c] for c in range(4)]] * 2)
     expected = np.array([
         [1.0, 0.0, 0.0, 0.0],
         [r / 2, 1.0, 0.0, r],  # (1, 0): (0 + r) / 2 over two rounds
         [r, r, 1.0, 0.0],  # (2, 3) never met
         [0.0, 0.0, 0.0, 1.0],
     ])
-    np.testing.assert_allclose(defense._pair_w[idx], expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(defense._pair_n[idx], [[2, 2, 1, 1], [2, 2, 1, 1], [1, 1, 1, 0], [1, 1, 0, 1]])
-    np.testing.assert_array_equal(defense._pair_b[idx], np.zeros((4, 4)))
+    ids = range(4)
+    np.testing.assert_allclose(pair_block(defense, "pair_w", ids), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(
+        pair_block(defense, "pair_n", ids), [[2, 2, 1, 1], [2, 2, 1, 1], [1, 1, 1, 0], [1, 1, 0, 1]]
+    )
+    np.testing.assert_array_equal(pair_block(defense, "pair_b", ids), np.zeros((4, 4)))
 
 
 @pytest.mark.parametrize("counts, s2", [((1, 1, 1, 1), [2, 3]), ((1, 1, 1, 9), [3])])

@@ -8,10 +8,12 @@ wrappers that add history and the NaN/inf guard that every defense owes the serv
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -238,6 +240,71 @@ def cosine_similarities(gram: Tensor) -> Tensor:
     return cos.clamp_(-1.0, 1.0)
 
 
+def pairwise_sq_distances(
+    rows: Tensor,
+    *,
+    center: Optional[Tensor] = None,
+    columns: Optional[Sequence[slice]] = None,
+    chunk: int = GRAM_CHUNK,
+) -> np.ndarray:
+    """K x K squared L2 distances between the rows of a K x d matrix, from one float64 Gram
+    matrix of the rows centred on ``center`` (the global model), built over column chunks.
+
+    ``columns`` (contiguous runs) restricts the distances to those columns; the Gram matrix is
+    summed run by run, so no K x d' copy of the selected columns is made.
+    """
+    if columns is None:
+        gram = gram64(rows, center=center, chunk=chunk)
+    else:
+        gram = torch.zeros((rows.shape[0], rows.shape[0]), dtype=torch.float64)
+        for cols in columns:
+            gram += gram64(rows[:, cols], center=None if center is None else center[cols], chunk=chunk)
+    return squared_distances(gram).numpy()
+
+
+def normalize_rows(rows: np.ndarray) -> np.ndarray:
+    """Every row divided by its L2 norm (zero rows stay zero)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
+
+
+def cosine_matrix(rows: np.ndarray) -> np.ndarray:
+    """K x K cosine similarities of the rows (0 against a zero row)."""
+    unit = normalize_rows(rows)
+    return np.clip(unit @ unit.T, -1.0, 1.0)
+
+
+def cosine_to(rows: Tensor, direction: Tensor) -> np.ndarray:
+    """Cosine of every row of ``rows`` (K x p) with ``direction`` (p); 0 where a norm is 0."""
+    rows = rows.to(torch.float64)
+    direction = direction.to(torch.float64)
+    denom = rows.norm(dim=1) * direction.norm()
+    dots = rows @ direction
+    out = torch.where(denom > 0, dots / torch.where(denom > 0, denom, torch.ones_like(denom)), 0.0)
+    return out.numpy()
+
+
+def min_max_scale(values: np.ndarray) -> np.ndarray:
+    """(x - min) / (max - min); all zeros when the values are all equal (nothing to scale)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return values.copy()
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return np.zeros_like(values)
+    return (values - lo) / (hi - lo)
+
+
+def column_min_max(matrix: np.ndarray) -> np.ndarray:
+    """Min-max scale every column of ``matrix`` on its own; a constant column becomes 0."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    lo = matrix.min(axis=0, keepdims=True)
+    span = matrix.max(axis=0, keepdims=True) - lo
+    safe = np.where(span > 0, span, 1.0)
+    return np.where(span > 0, (matrix - lo) / safe, 0.0)
+
+
 def sum_of_nearest(sq_dists: Tensor, num_neighbors: int) -> Tensor:
     """Krum's score: each row's sum of its ``num_neighbors`` smallest distances to the *other* rows."""
     k = sq_dists.shape[0]
@@ -245,6 +312,110 @@ def sum_of_nearest(sq_dists: Tensor, num_neighbors: int) -> Tensor:
         raise ValueError(f"num_neighbors must lie in [1, {k - 1}] for {k} clients, got {num_neighbors}")
     dist = sq_dists.clone().fill_diagonal_(float("inf"))
     return torch.sort(dist, dim=1).values[:, :num_neighbors].sum(dim=1)
+
+
+def krum_scores(sq_dists: np.ndarray, num_neighbors: int) -> np.ndarray:
+    """``sum_of_nearest`` of a NumPy distance matrix, as float64 NumPy."""
+    return sum_of_nearest(torch.as_tensor(np.asarray(sq_dists, dtype=np.float64)), num_neighbors).numpy()
+
+
+# --------------------------------------------------------------------------- the ultimate layer
+
+
+def find_ultimate_layer(state: State) -> tuple[str, str]:
+    """Keys (weight, bias) of the ultimate layer: the last 2-D floating weight in state-dict order
+    and the ``.bias`` entry with the same prefix."""
+    weight_key = None
+    for name, tensor in state.items():
+        if torch.is_floating_point(tensor) and tensor.dim() == 2 and name.endswith("weight"):
+            weight_key = name
+    if weight_key is None:
+        raise ValueError("no 2-D floating weight in the model's state: cannot find the ultimate layer")
+    bias_key = weight_key[: -len("weight")] + "bias"
+    if bias_key not in state:
+        raise ValueError(
+            f"the ultimate layer {weight_key!r} has no bias {bias_key!r}; "
+            "name the layer with ultimate_layer=(weight_key, bias_key)"
+        )
+    return weight_key, bias_key
+
+
+#: Last name component of the float buffers torch's normalisation layers keep (BatchNorm's running
+#: statistics): state-dict entries that are not parameters.
+NORM_BUFFER_NAMES = ("running_mean", "running_var")
+
+
+def parameter_keys(state: State, parameter_names: Optional[Sequence[str]] = None) -> list[str]:
+    """The floating entries of ``state`` that are model parameters, in state-dict order.
+
+    With ``parameter_names`` (the names of ``model.named_parameters()``) exactly those, and every
+    one must be in ``state``; without, every floating entry except the running statistics of
+    normalisation layers (last name component in ``NORM_BUFFER_NAMES``).
+    """
+    if parameter_names is not None:
+        missing = sorted(set(parameter_names) - set(state))
+        if missing:
+            raise ValueError(
+                f"the model's parameters {missing[:5]} are not in the global model's state: "
+                "model_factory builds a different model"
+            )
+        wanted = set(parameter_names)
+        keys = [n for n, t in state.items() if n in wanted and torch.is_floating_point(t)]
+    else:
+        keys = [
+            n for n, t in state.items() if torch.is_floating_point(t) and n.rsplit(".", 1)[-1] not in NORM_BUFFER_NAMES
+        ]
+    if not keys:
+        raise ValueError("the model's state holds no floating-point parameter")
+    return keys
+
+
+def parameter_columns(layout: Layout, keys: Sequence[str]) -> list[slice]:
+    """The columns of ``layout``'s flat vector that hold ``keys``, merged into contiguous runs."""
+    wanted = set(keys)
+    runs: list[slice] = []
+    for name, start, stop in zip(layout.names, layout.offsets[:-1], layout.offsets[1:]):
+        if name not in wanted or stop == start:
+            continue
+        if runs and runs[-1].stop == start:
+            runs[-1] = slice(runs[-1].start, stop)
+        else:
+            runs.append(slice(start, stop))
+    return runs
+
+
+# --------------------------------------------------------------------------- parameter checks
+# Every message names the parameter, so a configuration error points at its line.
+
+
+def check_real(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    """``value`` as a float in [lo, hi] (``(lo, hi]`` with ``lo_open``), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < lo or value > hi or (lo_open and value == lo):
+        bracket = "(" if lo_open else "["
+        raise ValueError(f"{name} must lie in {bracket}{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value: Any, lo: int) -> int:
+    """``value`` as an int ``>= lo`` (bools refused), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else ValueError listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return str(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def sample_weights(updates: Sequence[ClientUpdate]) -> Tensor:

@@ -1,0 +1,76 @@
+"""FedGrad's options beyond the paper's rule: a threshold rule, a forgiving trust, Table 4's switches.
+
+Neither the paper nor the authors' code has the first two; they test whether FedGrad's benign
+false positives (about half of every round is above the median threshold) can be lowered without
+letting attackers through.  Each is opt-in: ``Variant()`` is the paper's rule, and
+``fedgrad.fedgrad_round`` calls into this module where a variant changes a step.  Hardened
+variants belong here too.
+
+- ``soft_threshold="largest_gap"``: S1's threshold sits in the largest gap between the sorted
+  running means that ends above the paper's ``eps1`` (``largest_gap_threshold``).  Assumption:
+  attackers' scores form a group apart from the benign ones.  Never below ``eps1``: S1 is a subset
+  of the median rule's.
+- ``trust_decay=d`` in (0, 1]: the trust is a weighted mean of the history, an entry weighted
+  ``d**a`` after the client joined ``a`` more rounds (``age_trust``); skipped rounds do not age
+  it; ``d = 1`` is the plain mean.
+- ``use_soft`` / ``use_hard`` / ``use_trust``: the rows of the paper's Table 4 (soft only: no hard,
+  no trust; hard only: no soft, no trust; union: no trust).  Switched off, the soft filter still
+  scores (its history stays complete) but flags nobody; the hard filter keeps no history; the
+  trust is still recorded but clears nobody.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from fedgrad_core.defenses.base import check_bool, check_choice, check_real
+
+SOFT_THRESHOLD_CHOICES = ("median", "largest_gap")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which of FedGrad's steps run, and how; the defaults are the paper's rule."""
+
+    soft_threshold: str = "median"
+    trust_decay: Optional[float] = None
+    use_soft: bool = True
+    use_hard: bool = True
+    use_trust: bool = True
+
+    def __post_init__(self) -> None:
+        for flag in ("use_soft", "use_hard", "use_trust"):
+            check_bool(flag, getattr(self, flag))
+        if not (self.use_soft or self.use_hard):
+            raise ValueError("use_soft and use_hard are both False: FedGrad would flag nobody")
+        check_choice("soft_threshold", self.soft_threshold, SOFT_THRESHOLD_CHOICES)
+        if self.trust_decay is not None:
+            object.__setattr__(self, "trust_decay", check_real("trust_decay", self.trust_decay, 0.0, 1.0, lo_open=True))
+
+
+#: The paper's rule.
+PAPER = Variant()
+
+
+def largest_gap_threshold(values: np.ndarray, eps1: float) -> float:
+    """The lower end of the largest gap between consecutive sorted distinct ``values`` whose
+    upper end is above ``eps1`` (ties: the lowest such gap), raised to ``eps1``; ``eps1`` when no
+    value is above it.  A gap that starts below ``eps1`` counts, so near-equal top scores are not
+    split by a tiny gap among themselves."""
+    distinct = np.unique(values)  # sorted
+    gaps = np.diff(distinct)
+    gaps[distinct[1:] <= eps1] = -1.0  # only gaps that end above eps1 can hold the threshold
+    if gaps.size == 0 or gaps.max() < 0:
+        return eps1
+    return max(eps1, float(distinct[int(np.argmax(gaps))]))  # argmax: first (lowest) of tied gaps
+
+
+def age_trust(total: float, count: float, decay: Optional[float]) -> tuple[float, float]:
+    """A client's trust sum and count before its new entry: every earlier entry (the starting 0.5
+    included) weighs ``decay`` times less; unchanged without a decay."""
+    if decay is None:
+        return total, count
+    return decay * total, decay * count
