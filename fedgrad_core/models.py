@@ -7,7 +7,7 @@ the softmax (the authors' VGG-9 applied a softmax before CrossEntropyLoss, a bug
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping, Union
 
 import torch
 from torch import nn
@@ -32,15 +32,18 @@ def make_model(name: str, *, in_channels: int, num_classes: int, seed: int) -> n
         return factory(in_channels=in_channels, num_classes=num_classes)
 
 
-def ultimate_layer(model: nn.Module) -> tuple[str, str]:
-    """State-dict keys (weight, bias) of the model's final ``nn.Linear``."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last = name
-    if last is None:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer")
-    return f"{last}.weight", f"{last}.bias"
+def ultimate_layer(model: Union[nn.Module, Mapping[str, torch.Tensor]]) -> tuple[str, str]:
+    """State-dict keys (weight, bias) of the ultimate layer of a model or of its state: the last
+    2-D floating ``weight`` in state-dict order (every model here ends in that ``nn.Linear``) and
+    the ``bias`` of the same prefix, which need not exist (callers that need it check)."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    weight_key = None
+    for name, tensor in state.items():
+        if torch.is_floating_point(tensor) and tensor.dim() == 2 and name.endswith("weight"):
+            weight_key = name
+    if weight_key is None:
+        raise ValueError("no 2-D floating weight in the model's state: cannot find the ultimate layer")
+    return weight_key, weight_key[: -len("weight")] + "bias"
 
 
 @MODELS.register("digits_mlp")

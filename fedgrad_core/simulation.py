@@ -32,6 +32,7 @@ from fedgrad_core.data import load_task
 from fedgrad_core.data.partition import partition
 from fedgrad_core.data.task import Split, Task
 from fedgrad_core.defenses import ClientUpdate, build_defense
+from fedgrad_core.defenses.base import copy_state
 from fedgrad_core.models import make_model
 from fedgrad_core.results import RunResult, atomic_write, code_fingerprint, provenance
 from fedgrad_core.training import LocalTraining, local_train, local_train_batched, predict, supports_batched
@@ -251,7 +252,7 @@ def run_round(
     attackers = tuple(c for c in selected if c in pool)
     lr = config.lr * config.lr_decay ** (round_idx - 1)
     benign = LocalTraining(lr, config.local_epochs, config.batch_size, config.momentum, config.weight_decay)
-    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    global_state = copy_state(model.state_dict())
 
     generators = {c: torch_generator(config.seed, _TRAIN, round_idx, c) for c in selected}
     data = {
@@ -365,10 +366,10 @@ def train_clients(
             local_train(
                 worker, data[c], attack.local_training(benign), generator=generators[c], hooks=hooks, device=device
             )
-            states[c] = attack.after_training(_detached(worker), c, rank, ctx)
+            states[c] = attack.after_training(copy_state(worker.state_dict()), c, rank, ctx)
         else:
             local_train(worker, data[c], benign, generator=generators[c], device=device)
-            states[c] = _detached(worker)
+            states[c] = copy_state(worker.state_dict())
     return [ClientUpdate(c, states[c], len(data[c])) for c in data]
 
 
@@ -425,10 +426,6 @@ def cache_dir() -> Path:
 def on_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` with every tensor on the CPU; tensors already there are the same objects, not copies."""
     return {k: v.cpu() for k, v in state.items()}
-
-
-def _detached(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _share(flagged: list[int], group: list[int] | tuple[int, ...]) -> Optional[float]:

@@ -126,15 +126,9 @@ class SignPattern:
 
 
 def _linear_by_keys(model: nn.Module, keys: Optional[Sequence[str]]) -> nn.Linear:
-    if keys is None:
-        last = None
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                last = module
-        if last is None:
-            raise ValueError(f"{type(model).__name__} has no nn.Linear layer")
-        return last
-    weight_key = keys[0]
+    from fedgrad_core.models import ultimate_layer
+
+    weight_key = (ultimate_layer(model) if keys is None else keys)[0]
     if not weight_key.endswith(".weight"):
         raise ValueError(f"ultimate_layer's weight key must end in '.weight', got {weight_key!r}")
     try:
@@ -155,7 +149,7 @@ def proposition1_sign_pattern(
     ultimate_layer: Optional[Sequence[str]] = None,
 ) -> SignPattern:
     """Train a float64 copy of ``model`` for one plain SGD step on ``(x, label)``; report the change
-    of its ultimate layer (the last ``nn.Linear``, or the one named by ``ultimate_layer``, a pair
+    of its ultimate layer (``models.ultimate_layer``, or the one named by ``ultimate_layer``, a pair
     of state-dict keys (weight, bias)).
 
     The copy is put in eval mode (no dropout noise, batch norm uses its running statistics) and in

@@ -19,7 +19,6 @@ from fedgrad_core.defenses.fedgrad import (
     compromising_scores,
     find_ultimate_layer,
     hard_filter_split,
-    krum_scores,
     min_max_scale,
     pairwise_sq_distances,
     round_similarities,
@@ -133,7 +132,7 @@ def test_closeness_scores_by_hand():
     scores = closeness_scores(rows, 0)
     # Assert: 1+4, 1+1, 1+4, 64+81
     np.testing.assert_allclose(scores, [5.0, 2.0, 5.0, 145.0])
-    np.testing.assert_allclose(krum_scores(np.array([[0, 1.0], [1.0, 0]]), 1), [1.0, 1.0])
+    assert scores.dtype == np.float64
 
 
 def test_pairwise_distances_match_cdist():

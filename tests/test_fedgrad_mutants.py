@@ -21,7 +21,6 @@ from fedgrad_core.defenses.fedgrad import (
     cosine_to,
     find_ultimate_layer,
     hard_filter_split,
-    krum_scores,
     min_max_scale,
     normalize_rows,
     pairwise_sq_distances,
@@ -248,9 +247,11 @@ def test_distances_summed_over_column_runs_in_float64():
     np.testing.assert_array_equal(dists[1], [2.0**-12, 0.0, 2.0**-12])
 
 
-def test_krum_scores_accept_an_integer_distance_matrix():
-    # Execute / Assert: 1 neighbour each; the result is float64
-    scores = krum_scores([[0, 1, 4], [1, 0, 9], [4, 9, 0]], 1)
+def test_closeness_with_one_neighbour_is_the_distance_to_the_nearest_other_client():
+    # Prepare: points 0, 1, 3 on a line (squared distances 1, 9, 4); K = 3, f = 1: 1 neighbour
+    rows = torch.tensor([[0.0], [1.0], [3.0]])
+    # Execute / Assert: float64 NumPy, as the diagnostics need
+    scores = closeness_scores(rows, 1)
     assert scores.dtype == np.float64 and scores.tolist() == [1.0, 1.0, 4.0]
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedgrad_core.models import ultimate_layer
 from fedgrad_core.registry import Registry
 
 State = Mapping[str, Tensor]
@@ -314,24 +315,23 @@ def sum_of_nearest(sq_dists: Tensor, num_neighbors: int) -> Tensor:
     return torch.sort(dist, dim=1).values[:, :num_neighbors].sum(dim=1)
 
 
-def krum_scores(sq_dists: np.ndarray, num_neighbors: int) -> np.ndarray:
-    """``sum_of_nearest`` of a NumPy distance matrix, as float64 NumPy."""
-    return sum_of_nearest(torch.as_tensor(np.asarray(sq_dists, dtype=np.float64)), num_neighbors).numpy()
+def resolve_f(n: int, *, f: int | None, attacker_fraction: float) -> int:
+    """The number of tolerated Byzantine clients among ``n``: explicit ``f`` or ``int(frac * n)``."""
+    if f is None:
+        if not 0.0 <= attacker_fraction < 1.0:
+            raise ValueError(f"attacker_fraction must be in [0, 1), got {attacker_fraction}")
+        return int(attacker_fraction * n)
+    if f < 0:
+        raise ValueError(f"f must be >= 0, got {f}")
+    return int(f)
 
 
 # --------------------------------------------------------------------------- the ultimate layer
 
 
 def find_ultimate_layer(state: State) -> tuple[str, str]:
-    """Keys (weight, bias) of the ultimate layer: the last 2-D floating weight in state-dict order
-    and the ``.bias`` entry with the same prefix."""
-    weight_key = None
-    for name, tensor in state.items():
-        if torch.is_floating_point(tensor) and tensor.dim() == 2 and name.endswith("weight"):
-            weight_key = name
-    if weight_key is None:
-        raise ValueError("no 2-D floating weight in the model's state: cannot find the ultimate layer")
-    bias_key = weight_key[: -len("weight")] + "bias"
+    """Keys (weight, bias) of the ultimate layer (``models.ultimate_layer``), its bias required."""
+    weight_key, bias_key = ultimate_layer(state)
     if bias_key not in state:
         raise ValueError(
             f"the ultimate layer {weight_key!r} has no bias {bias_key!r}; "
@@ -484,10 +484,10 @@ class Defense:
         finite = [u for u, good in zip(updates, ok) if good]
         broken = frozenset(u.client_id for u, good in zip(updates, ok) if not good)
         if not finite:
-            return Aggregate(_copy_state(global_state), broken, {"non_finite": sorted(broken)})
+            return Aggregate(copy_state(global_state), broken, {"non_finite": sorted(broken)})
         result = self.aggregate_finite(global_state, finite, round_idx)
         if not is_finite_state(result.global_state):
-            result = Aggregate(_copy_state(global_state), result.flagged, dict(result.diagnostics))
+            result = Aggregate(copy_state(global_state), result.flagged, dict(result.diagnostics))
             result.diagnostics["kept_previous_model"] = "aggregate was not finite"
         if broken:
             result.flagged = frozenset(result.flagged | broken)
@@ -583,7 +583,8 @@ class Defense:
         return value.detach().cpu()
 
 
-def _copy_state(state: State) -> dict[str, Tensor]:
+def copy_state(state: State) -> dict[str, Tensor]:
+    """A detached copy of every tensor of ``state`` (the previous model kept, a client's model)."""
     return {k: v.detach().clone() for k, v in state.items()}
 
 

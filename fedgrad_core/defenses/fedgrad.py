@@ -45,12 +45,13 @@ from torch import Tensor
 
 from fedgrad_core.defenses import fedgrad_variants as variants
 from fedgrad_core.defenses.base import Aggregate, ClientUpdate, Defense, Layout, State, register, sample_weights
-from fedgrad_core.defenses.base import sorted_updates, stack_states, weighted_average
+from fedgrad_core.defenses.base import copy_state, sorted_updates, stack_states, sum_of_nearest, weighted_average
 
 # Shared geometry, importable from this module as before (notebooks, the book's API page).
-from fedgrad_core.defenses.base import column_min_max, cosine_matrix, cosine_to, find_ultimate_layer, krum_scores
+from fedgrad_core.defenses.base import column_min_max, cosine_matrix, cosine_to, find_ultimate_layer
 from fedgrad_core.defenses.base import min_max_scale, normalize_rows, pairwise_sq_distances
 from fedgrad_core.defenses.base import parameter_columns, parameter_keys
+from fedgrad_core.defenses.krum import krum_scores  # noqa: F401  (Krum's score, as the book's API page has it)
 from fedgrad_core.defenses.fedgrad_state import FedGradHistory, FedGradParams, parameter_names
 from fedgrad_core.defenses.fedgrad_variants import PAPER, Variant
 
@@ -119,8 +120,8 @@ def closeness_scores(
     k = rows.shape[0]
     if k < 2:
         raise ValueError("closeness scores need at least two clients")
-    dists = pairwise_sq_distances(rows, center=center, columns=columns)
-    return krum_scores(dists, closeness_neighbors(k, num_attackers))
+    dists = torch.from_numpy(pairwise_sq_distances(rows, center=center, columns=columns))
+    return sum_of_nearest(dists, closeness_neighbors(k, num_attackers)).numpy()
 
 
 def hard_filter_split(
@@ -230,7 +231,7 @@ def fedgrad_round(
     # the kept clients' full models, averaged by sample count
     keep = ~final
     if not keep.any():
-        new_state = {name: t.detach().clone() for name, t in global_state.items()}
+        new_state = copy_state(global_state)
     elif rows is None:
         layout = Layout.of(global_state)
         kept = stack_states([u for u, ok in zip(updates, keep) if ok], layout)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from fedgrad_core.defenses import fedgrad_variants as variants
-from fedgrad_core.defenses.base import check_choice, check_int, check_real
+from fedgrad_core.defenses.base import check_choice, check_int, check_real, resolve_f
 
 #: The paper-versus-code choices (module docstring).
 CHOICES = {
@@ -82,9 +82,7 @@ class FedGradParams:
 
     def num_attackers(self, num_clients: int) -> int:
         """``f``: the estimate when given, else ``int(attacker_fraction x K)``."""
-        if self.num_attackers_estimate is not None:
-            return self.num_attackers_estimate
-        return int(self.attacker_fraction * num_clients)
+        return resolve_f(num_clients, f=self.num_attackers_estimate, attacker_fraction=self.attacker_fraction)
 
 
 def parameter_names(model_factory: Optional[Callable[[], torch.nn.Module]]) -> Optional[tuple[str, ...]]:

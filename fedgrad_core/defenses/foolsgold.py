@@ -55,7 +55,7 @@ from fedgrad_core.defenses.base import (
     register,
     sample_weights,
 )
-from fedgrad_core.defenses.base import cosine_similarities, gram64, sorted_updates, update_matrix
+from fedgrad_core.defenses.base import copy_state, cosine_similarities, gram64, sorted_updates, update_matrix
 
 
 #: ``1 - cos`` below this counts as exactly parallel (float64 rounding of the Gram matrix).
@@ -146,7 +146,7 @@ def foolsgold(
     combined = weights * sample_weights(updates)
     if float(combined.sum()) <= 0.0:
         diagnostics["kept_previous_model"] = "every FoolsGold weight is 0"
-        return Aggregate({k: v.detach().clone() for k, v in global_state.items()}, flagged, diagnostics)
+        return Aggregate(copy_state(global_state), flagged, diagnostics)
     coeffs = torch.zeros(len(order), dtype=torch.float64)
     coeffs[order] = combined / combined.sum()  # back to the rows' original order
     new = g + coeffs.to(torch.float32) @ deltas

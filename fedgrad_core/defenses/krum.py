@@ -35,8 +35,10 @@ from fedgrad_core.defenses.base import (
     Defense,
     State,
     combine,
+    copy_state,
     gram64,
     register,
+    resolve_f,
     sample_weights,
     sorted_updates,
     squared_distances,
@@ -45,17 +47,6 @@ from fedgrad_core.defenses.base import (
 )
 
 # --------------------------------------------------------------------------- the rule
-
-
-def resolve_f(n: int, *, f: int | None, attacker_fraction: float) -> int:
-    """The number of tolerated Byzantine clients among ``n``: explicit ``f`` or ``int(frac * n)``."""
-    if f is None:
-        if not 0.0 <= attacker_fraction < 1.0:
-            raise ValueError(f"attacker_fraction must be in [0, 1), got {attacker_fraction}")
-        return int(attacker_fraction * n)
-    if f < 0:
-        raise ValueError(f"f must be >= 0, got {f}")
-    return int(f)
 
 
 def check_krum_assumption(n: int, f: int) -> None:
@@ -167,7 +158,7 @@ class _KrumBase(Defense):
         n = len(updates)
         if n < 3:
             return Aggregate(
-                {k: v.detach().clone() for k, v in global_state.items()},
+                copy_state(global_state),
                 frozenset(),
                 {"kept_previous_model": f"Krum needs at least 3 finite updates, got {n}"},
             )
