@@ -41,7 +41,6 @@ the (cached) pretraining is done once instead of once per worker.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -49,31 +48,22 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+from fedgrad_core import cache
 from fedgrad_core.config import ExperimentConfig, validate
-from fedgrad_core.results import RunResult, atomic_write, code_fingerprint
+from fedgrad_core.results import RunResult, atomic_write
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "sequential", "ray")
 
 
-def config_key(config: ExperimentConfig) -> str:
-    """SHA-256 (hex) of the configuration, the package version and its code: the cache key of a run."""
-    from fedgrad_core import __version__
-
-    payload = json.dumps(
-        {"config": config.to_dict(), "version": __version__, "code": code_fingerprint()}, sort_keys=True, default=repr
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+#: The cache key of a run (``cache.run_key``), under the name the book and notebooks use.
+config_key = cache.run_key
 
 
 def runs_dir(cache_dir: Optional[str | Path] = None) -> Path:
-    """Where cached runs live: ``cache_dir``, else ``$FEDGRAD_CACHE/runs``, else ``results/runs``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("FEDGRAD_CACHE"):
-        return Path(os.environ["FEDGRAD_CACHE"]) / "runs"
-    return Path("results") / "runs"
+    """Where cached runs live: ``cache_dir``, else ``<cache root>/runs`` (``cache.root``)."""
+    return Path(cache_dir) if cache_dir is not None else cache.root() / "runs"
 
 
 def cache_path(config: ExperimentConfig, cache_dir: Optional[str | Path] = None) -> Path:
@@ -288,25 +278,16 @@ def threads_per_worker(workers: int, cores: Optional[int] = None) -> int:
 def pretrain_group(config: ExperimentConfig) -> tuple:
     """Runs with the same group start from the same cached pretrained model.
 
-    Mirrors the key of ``simulation.pretrained_state`` (data set, model, pretraining settings,
-    seed); the attack joins only for data sets whose attack setup changes the training set (tail
-    edge-case sets move examples out of it).
+    The configuration's part of the pretrained model's key (``cache.pretraining_fields``); the
+    rest of that key is the training set, which the attack changes for data sets whose attack setup
+    moves examples out of it (tail edge-case sets): there the attack joins the group.
     """
     from fedgrad_core.data.edge_cases import CURATED
 
     c = config
     changes_train = c.dataset not in CURATED
-    return (
-        c.dataset,
-        c.model_name,
-        c.pretrain_epochs,
-        c.pretrain_lr,
-        c.batch_size,
-        c.momentum,
-        c.weight_decay,
-        c.pretraining_seed,
-        (c.attack, json.dumps(dict(c.attack_params), sort_keys=True, default=repr)) if changes_train else None,
-    )
+    attack = (c.attack, json.dumps(dict(c.attack_params), sort_keys=True, default=repr)) if changes_train else None
+    return (*sorted(cache.pretraining_fields(c).items()), attack)
 
 
 @contextlib.contextmanager

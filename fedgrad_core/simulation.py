@@ -12,29 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm  # plain text bar: also readable in logs and executed notebooks
 
-from fedgrad_core.attacks import RoundContext, make_attack
+from fedgrad_core import cache
+from fedgrad_core.attacks import Attack, RoundContext, make_attack
 from fedgrad_core.checkpoint import Checkpoint, config_differences, load_checkpoint, save_checkpoint
 from fedgrad_core.config import ExperimentConfig, attack_params, defense_context, validate
 from fedgrad_core.data import load_task
 from fedgrad_core.data.partition import partition
 from fedgrad_core.data.task import Split, Task
 from fedgrad_core.defenses import ClientUpdate, build_defense
-from fedgrad_core.defenses.base import copy_state
+from fedgrad_core.defenses.base import Defense, copy_state
 from fedgrad_core.models import make_model
-from fedgrad_core.results import RunResult, atomic_write, code_fingerprint, provenance
+from fedgrad_core.results import RunResult, atomic_write, provenance
 from fedgrad_core.training import LocalTraining, local_train, local_train_batched, predict, supports_batched
 
 log = logging.getLogger(__name__)
@@ -82,14 +81,14 @@ class RunSetup:
     the attacker pool, the global model (freshly initialised), a worker model for local training
     and the defense."""
 
-    attack: Any
+    attack: Attack
     task: Task
     backdoor: Optional[Split]
     shards: list[Split]
     pool: tuple[int, ...]
     model: torch.nn.Module
     worker: torch.nn.Module
-    defense: Any
+    defense: Defense
 
 
 def setup_run(config: ExperimentConfig, device: str) -> RunSetup:
@@ -188,9 +187,7 @@ def run_experiment(
         raise ValueError("checkpointing needs out= or checkpoint_path=")
 
     run = setup_run(config, device)
-    attack, task, backdoor, shards, pool = run.attack, run.task, run.backdoor, run.shards, run.pool
-    model, worker, defense = run.model, run.worker, run.defense
-    meta = {**provenance(device), "data_source": task.source, "attacker_pool": list(pool)}
+    meta = {**provenance(device), "data_source": run.task.source, "attacker_pool": list(run.pool)}
 
     history: list[dict[str, Any]] = []
     start_round = 1
@@ -202,30 +199,29 @@ def run_experiment(
                 f"checkpoint {ckpt} was written for a different configuration ({'; '.join(differences)}); "
                 "resume with the same configuration or start afresh without resume"
             )
-        model.load_state_dict(saved.global_state)
-        defense.load_state_dict(saved.defense_state)
+        run.model.load_state_dict(saved.global_state)
+        run.defense.load_state_dict(saved.defense_state)
         history, start_round = saved.history, saved.round + 1
         log.info("resumed from %s after round %d", ckpt, saved.round)
-    elif config.pretrain_epochs:
-        model.load_state_dict(pretrained_state(config, task, device))
+    else:
+        load_pretrained(run, config, device)
 
     last_round = min(config.rounds, stop_after) if stop_after else config.rounds
     bar = tqdm(
-        range(start_round, last_round + 1),
+        play_rounds(config, run, device, range(start_round, last_round + 1)),
         desc=f"{config.defense}/{config.attack}",
         disable=not progress,
         initial=start_round - 1,
         total=last_round,
         unit="round",
     )
-    for round_idx in bar:
-        record = run_round(config, round_idx, model, worker, defense, attack, task, backdoor, shards, pool, device)
+    for record in bar:
         history.append(record)
         bar.set_postfix(main=_fmt(_latest(history, "main_acc")), backdoor=_fmt(_latest(history, "backdoor_acc")))
+        round_idx = record["round"]
         if ckpt is not None and checkpoint_every and (round_idx % checkpoint_every == 0 or round_idx == last_round):
-            save_checkpoint(
-                ckpt, Checkpoint(config.to_dict(), round_idx, model.state_dict(), history, defense.state_dict())
-            )
+            state = Checkpoint(config.to_dict(), round_idx, run.model.state_dict(), history, run.defense.state_dict())
+            save_checkpoint(ckpt, state)
 
     result = RunResult(config, history, meta)
     if out is not None:
@@ -234,20 +230,25 @@ def run_experiment(
     return result
 
 
-def run_round(
-    config: ExperimentConfig,
-    round_idx: int,
-    model: torch.nn.Module,
-    worker: torch.nn.Module,
-    defense,
-    attack,
-    task: Task,
-    backdoor: Optional[Split],
-    shards: list[Split],
-    pool: tuple[int, ...],
-    device: str,
-) -> dict[str, Any]:
+def load_pretrained(run: RunSetup, config: ExperimentConfig, device: str) -> None:
+    """Start ``run``'s global model from the pretrained model (``pretrained_state``) when
+    ``config`` pretrains; nothing otherwise."""
+    if config.pretrain_epochs:
+        run.model.load_state_dict(pretrained_state(config, run.task, device))
+
+
+def play_rounds(
+    config: ExperimentConfig, run: RunSetup, device: str, rounds: Iterable[int]
+) -> Iterator[dict[str, Any]]:
+    """Play ``rounds`` of ``run`` in order (``run_round``), yielding each round's history record."""
+    for round_idx in rounds:
+        yield run_round(config, round_idx, run, device)
+
+
+def run_round(config: ExperimentConfig, round_idx: int, run: RunSetup, device: str) -> dict[str, Any]:
     """One round: train the selected clients, aggregate, evaluate; returns the history record."""
+    attack, task, backdoor, shards, pool = run.attack, run.task, run.backdoor, run.shards, run.pool
+    model, worker, defense = run.model, run.worker, run.defense
     selected = sample_clients(config, round_idx)
     attackers = tuple(c for c in selected if c in pool)
     lr = config.lr * config.lr_decay ** (round_idx - 1)
@@ -381,25 +382,11 @@ def accuracy(model: torch.nn.Module, split: Split, device: str) -> float:
 def pretrained_state(config: ExperimentConfig, task: Task, device: str) -> dict[str, torch.Tensor]:
     """Centralised training of the starting model on the clean training set, cached on disk.
 
-    The paper starts from a pretrained global model (about 10 epochs).  The cache key covers
-    everything that changes the result: data set, its source and size, model, epochs, lr, batch
-    size, seed and the package's code (``results.code_fingerprint``).
+    The paper starts from a pretrained global model (about 10 epochs).  The cache key
+    (``cache.pretrained_key``) covers everything that changes the result: data set, its source and
+    size, model, epochs, lr, batch size, seed and the package's code.
     """
-    key_fields = {
-        "code": code_fingerprint(),
-        "dataset": config.dataset,
-        "source": task.source,
-        "n_train": len(task.train),
-        "model": config.model_name,
-        "epochs": config.pretrain_epochs,
-        "lr": config.pretrain_lr,
-        "batch_size": config.batch_size,
-        "seed": config.pretraining_seed,
-        "momentum": config.momentum,
-        "weight_decay": config.weight_decay,
-    }
-    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / "pretrained" / f"{config.dataset}-{config.model_name}-{key}.pt"
+    path = cache.pretrained_path(config, source=task.source, n_train=len(task.train))
     if path.exists():
         log.info("pretrained model from cache %s", path)
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -417,10 +404,6 @@ def pretrained_state(config: ExperimentConfig, task: Task, device: str) -> dict[
     atomic_write(path, lambda fh: torch.save(state, fh))
     log.info("pretrained model cached at %s", path)
     return state
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FEDGRAD_CACHE", Path.home() / ".cache" / "fedgrad" / "cache"))
 
 
 def on_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

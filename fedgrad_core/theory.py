@@ -46,6 +46,7 @@ in one real round of a run, for Observation 2 (Figures 3 and 4).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -56,6 +57,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fedgrad_core.defenses.base import Defense, find_ultimate_layer
 
 
 @dataclass(frozen=True)
@@ -440,18 +443,16 @@ class RoundCapture:
         return np.array([c in self.attackers for c in self.client_ids], dtype=bool)
 
 
-class _RecordingDefense:
+class _RecordingDefense(Defense):
     """Wraps the run's own defense object for one round: records the ultimate layers it receives,
     then lets the wrapped defense aggregate exactly as it would have."""
 
-    def __init__(self, inner, ultimate_layer: Optional[Sequence[str]]) -> None:
+    def __init__(self, inner: Defense, ultimate_layer: Optional[Sequence[str]]) -> None:
         self.inner = inner
         self.ultimate_layer = ultimate_layer
         self.seen: Optional[dict] = None
 
     def aggregate(self, global_state, updates, round_idx):
-        from fedgrad_core.defenses.fedgrad import find_ultimate_layer
-
         wkey, bkey = self.ultimate_layer or find_ultimate_layer(global_state)
         ordered = sorted(updates, key=lambda u: u.client_id)
 
@@ -485,23 +486,18 @@ def capture_round(config, round_idx: int, *, ultimate_layer: Optional[Sequence[s
     if isinstance(round_idx, bool) or not isinstance(round_idx, int) or not 1 <= round_idx <= config.rounds:
         raise ValueError(f"round_idx must be an integer in [1, rounds={config.rounds}], got {round_idx!r}")
     device = sim.resolve_device(config.device)
-    run = sim.setup_run(config, device)  # run_experiment's own set-up
-    attack, task, backdoor, shards, pool = run.attack, run.task, run.backdoor, run.shards, run.pool
-    model, worker, defense = run.model, run.worker, run.defense
-    if config.pretrain_epochs:
-        model.load_state_dict(sim.pretrained_state(config, task, device))
-
-    recorder = _RecordingDefense(defense, ultimate_layer)
-    record: dict = {}
-    for r in range(1, round_idx + 1):
-        acting = recorder if r == round_idx else defense
-        record = sim.run_round(config, r, model, worker, acting, attack, task, backdoor, shards, pool, device)
+    run = sim.setup_run(config, device)  # run_experiment's own set-up and starting model
+    sim.load_pretrained(run, config, device)
+    for _ in sim.play_rounds(config, run, device, range(1, round_idx)):
+        pass
+    recorder = _RecordingDefense(run.defense, ultimate_layer)
+    record = sim.run_round(config, round_idx, dataclasses.replace(run, defense=recorder), device)
     if recorder.seen is None:
         raise RuntimeError(f"round {round_idx} did not reach the defense")
     return RoundCapture(
         round_idx=round_idx,
         attackers=tuple(int(c) for c in record["attackers"]),
         record=record,
-        data_source=task.source,
+        data_source=run.task.source,
         **recorder.seen,
     )

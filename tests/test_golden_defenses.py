@@ -119,13 +119,9 @@ def play(case: str) -> dict[str, Any]:
 
     cfg = config(case)
     run = simulation.setup_run(cfg, "cpu")
-    run.model.load_state_dict(simulation.pretrained_state(cfg, run.task, "cpu"))
+    simulation.load_pretrained(run, cfg, "cpu")
     rounds = []
-    for round_idx in range(1, ROUNDS + 1):
-        record = simulation.run_round(
-            cfg, round_idx, run.model, run.worker, run.defense, run.attack, run.task, run.backdoor,
-            run.shards, run.pool, "cpu",
-        )  # fmt: skip
+    for round_idx, record in enumerate(simulation.play_rounds(cfg, run, "cpu", range(1, ROUNDS + 1)), start=1):
         full = round_idx == ROUNDS and case in BUILTIN
         model = {k: (v.detach().clone() if full else sketch(v)) for k, v in run.model.state_dict().items()}
         rounds.append(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import fedgrad_core
-from fedgrad_core import ExperimentConfig, runs
+from fedgrad_core import ExperimentConfig, cache, runs
 from fedgrad_core.results import RunResult
 
 # A tiny digits run: a few seconds, no downloads.
@@ -58,7 +58,7 @@ def test_key_depends_on_every_field_and_the_version(monkeypatch):
 def test_key_depends_on_the_code(monkeypatch):
     # A local edit of the package changes the fingerprint: runs of the old code are not served.
     base = runs.config_key(TINY)
-    monkeypatch.setattr(runs, "code_fingerprint", lambda: "0123456789abcdef")
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "0123456789abcdef")
     assert runs.config_key(TINY) != base
 
 
@@ -90,7 +90,9 @@ def test_runs_dir_prefers_argument_then_environment(tmp_path, monkeypatch):
     assert runs.runs_dir() == tmp_path / "c" / "runs"
     assert runs.runs_dir(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("FEDGRAD_CACHE")
-    assert runs.runs_dir().as_posix() == "results/runs"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # one root for runs and pretrained models (cache.root)
+    assert runs.runs_dir() == tmp_path / "home" / ".cache" / "fedgrad" / "cache" / "runs" == cache.root() / "runs"
 
 
 @pytest.mark.slow
