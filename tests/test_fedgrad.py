@@ -1,81 +1,38 @@
-"""FedGrad: the plain functions on hand-made inputs, then the stateful defense on synthetic rounds."""
+"""FedGrad: the plain functions on hand-made inputs, its parameters, then the defense on synthetic
+rounds of the digits model (``conftest.synthetic_round``)."""
 
 from __future__ import annotations
 
-import io
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import NUM_CLASSES, G, digits_global_state, synthetic_round
 from fedgrad_core.defenses import ClientUpdate, make_defense
 from fedgrad_core.defenses.fedavg import fedavg
 from fedgrad_core.defenses.fedgrad import (
     FedGrad,
+    by_class_vectors,
     clear_trusted,
     closeness_scores,
     column_min_max,
     compromising_scores,
+    cosine_matrix,
+    cosine_to,
     find_ultimate_layer,
     hard_filter_split,
     min_max_scale,
+    normalize_rows,
     pairwise_sq_distances,
+    parameter_keys,
     round_similarities,
-    by_class_vectors,
     soft_filter,
     soft_filter_threshold,
 )
 from fedgrad_core.models import make_model, ultimate_layer
-
-NUM_CLASSES = 10
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def global_state() -> dict[str, torch.Tensor]:
-    model = make_model("digits_mlp", in_channels=1, num_classes=NUM_CLASSES, seed=0)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def synthetic_round(
-    g: dict[str, torch.Tensor],
-    *,
-    num_benign: int = 7,
-    attackers: tuple[int, ...] = (7, 8, 9),
-    seed: int = 0,
-) -> list[ClientUpdate]:
-    """Benign clients: non-IID by-class patterns -1 + 5 e_c with their own dominant class
-    c = 2 + cid % 8 (mutually orthogonal) plus a shared main-task pattern, small noise
-    everywhere.  Attackers: one shared pattern
-    (class 1, the poisoned label) and a shared shift of the whole model, plus small individual
-    noise: colluders trained on the same poisoned data."""
-    gen = torch.Generator().manual_seed(seed)
-    rep = torch.rand(g["classifier.weight"].shape[1], generator=torch.Generator().manual_seed(99))
-    main_task = 0.7 * torch.randn(NUM_CLASSES, generator=torch.Generator().manual_seed(5))
-
-    def class_pattern(c: int) -> torch.Tensor:
-        return -torch.ones(NUM_CLASSES) + 5 * torch.eye(NUM_CLASSES)[c]
-
-    attack_shift = {
-        k: 0.02 * torch.randn(v.shape, generator=torch.Generator().manual_seed(7)) for k, v in g.items()
-    }
-    ids = list(range(num_benign)) + list(attackers)
-    updates = []
-    for cid in ids:
-        bad = cid in attackers
-        state = {k: v + 0.002 * torch.randn(v.shape, generator=gen) for k, v in g.items()}
-        if bad:
-            pattern = class_pattern(1) + 0.2 * torch.randn(NUM_CLASSES, generator=gen)
-            for k in state:
-                state[k] = state[k] + attack_shift[k]
-        else:
-            pattern = class_pattern(2 + cid % 8) + main_task + 0.2 * torch.randn(NUM_CLASSES, generator=gen)
-        state["classifier.weight"] = state["classifier.weight"] + 0.01 * torch.outer(pattern, rep)
-        state["classifier.bias"] = state["classifier.bias"] + 0.01 * pattern
-        updates.append(ClientUpdate(cid, state, 50 + 5 * (cid % 3)))
-    return updates
 
 
 # --------------------------------------------------------------------------- soft filter
@@ -106,6 +63,12 @@ def test_soft_filter_threshold_and_s1(scores, strict, threshold, flagged):
     assert mask.tolist() == flagged
 
 
+def test_soft_threshold_defaults_to_zeta_one_half():
+    # Execute / Assert: median 0.9 is capped by the default zeta = 0.5
+    assert soft_filter_threshold([0.8, 0.9, 1.0]) == 0.5
+    assert soft_filter([0.8, 0.9, 1.0])[0] == 0.5
+
+
 def test_compromising_scores_favour_colluders():
     # Prepare: 1-D ultimate "weights", previous 0, equal sample weights: W* = 1
     rows = torch.tensor([[2.0], [2.0], [-1.0]])
@@ -115,6 +78,15 @@ def test_compromising_scores_favour_colluders():
     np.testing.assert_allclose(scores, [1.0, 1.0, -1.0])
 
 
+def test_cosine_to_is_a_cosine_and_zero_for_a_zero_row():
+    # Prepare: (3, 4) against (0, 2): 8 / (5 x 2) = 0.8; a zero row has cosine 0
+    rows = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-3.0, -4.0]])
+    # Execute
+    cos = cosine_to(rows, torch.tensor([0.0, 2.0]))
+    # Assert
+    np.testing.assert_allclose(cos, [0.8, 0.0, -0.8], rtol=1e-15)
+
+
 def test_min_max_scalings():
     np.testing.assert_allclose(min_max_scale(np.array([1.0, 3.0, 2.0])), [0.0, 1.0, 0.5])
     np.testing.assert_allclose(min_max_scale(np.array([4.0, 4.0])), [0.0, 0.0])
@@ -122,7 +94,14 @@ def test_min_max_scalings():
     np.testing.assert_allclose(column_min_max(m), [[0.0, 0.0], [1.0, 0.0], [0.5, 0.0]])
 
 
-# --------------------------------------------------------------------------- hard filter
+def test_min_max_scale_of_one_none_and_equal_values():
+    # Execute / Assert: nothing to scale gives zeros (float64, also for integer input)
+    one, none, equal = min_max_scale([0.7]), min_max_scale([]), min_max_scale([3, 3, 3])
+    assert one.tolist() == [0.0] and none.tolist() == []
+    assert equal.dtype == np.float64 and equal.tolist() == [0.0, 0.0, 0.0]
+
+
+# --------------------------------------------------------------------------- distances, cosines, the model's parameters
 
 
 def test_closeness_scores_by_hand():
@@ -135,6 +114,23 @@ def test_closeness_scores_by_hand():
     assert scores.dtype == np.float64
 
 
+def test_closeness_with_one_neighbour_is_the_distance_to_the_nearest_other_client():
+    # Prepare: points 0, 1, 3 on a line (squared distances 1, 9, 4); K = 3, f = 1: 1 neighbour
+    rows = torch.tensor([[0.0], [1.0], [3.0]])
+    # Execute / Assert: float64 NumPy, as the diagnostics need
+    scores = closeness_scores(rows, 1)
+    assert scores.dtype == np.float64 and scores.tolist() == [1.0, 1.0, 4.0]
+
+
+def test_closeness_scores_of_two_clients_and_the_error_for_one():
+    # Prepare: K = 2: K - f - 2 = 0 neighbours, clipped to 1: each score is the one distance
+    rows = torch.tensor([[0.0, 0.5], [1.5, 0.5]])
+    # Execute / Assert
+    np.testing.assert_array_equal(closeness_scores(rows, 0), [2.25, 2.25])
+    with pytest.raises(ValueError, match="^closeness scores need at least two clients$"):
+        closeness_scores(rows[:1], 0)
+
+
 def test_pairwise_distances_match_cdist():
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(6, 3000, generator=gen)
@@ -142,6 +138,122 @@ def test_pairwise_distances_match_cdist():
     expected = (torch.cdist(rows.double(), rows.double()) ** 2).numpy()
     np.testing.assert_allclose(pairwise_sq_distances(rows, chunk=1000), expected, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(pairwise_sq_distances(rows, center=center), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_distances_far_from_the_origin_are_exact_when_centred_on_the_global_model():
+    # Prepare: models at 1024 + (0, 2^-6, 2^-5) in one entry.  Uncentred, float32 products
+    # (1024 + 2^-6)^2 lose the 2^-12 that the distance is made of; centred on the global model
+    # (1024) the changes are exact and so are the distances 2^-12, 2^-10, 2^-12
+    center = torch.full((4,), 1024.0)
+    rows = center.repeat(3, 1)
+    rows[:, 2] += torch.tensor([0.0, 2.0**-6, 2.0**-5])
+    expected = np.array([[0.0, 2.0**-12, 2.0**-10], [2.0**-12, 0.0, 2.0**-12], [2.0**-10, 2.0**-12, 0.0]])
+    # Execute
+    plain = pairwise_sq_distances(rows, center=center)
+    by_runs = pairwise_sq_distances(rows, center=center, columns=[slice(0, 2), slice(2, 4)])
+    scores = closeness_scores(rows, 1, center=center)  # 1 neighbour
+    # Assert
+    np.testing.assert_array_equal(plain, expected)
+    np.testing.assert_array_equal(by_runs, expected)
+    np.testing.assert_array_equal(scores, [2.0**-12] * 3)
+
+
+def test_distances_summed_over_column_runs_in_float64():
+    # Prepare: run 1 (column 0) gives every Gram entry 4096, run 2 (column 2) adds 2^-12 or less;
+    # 4096 + 2^-12 is not a float32, so the runs' Gram matrices must be summed in float64
+    rows = torch.tensor([[64.0, 9.0, 0.0], [64.0, 9.0, 2.0**-6], [64.0, 9.0, 2.0**-5]])
+    # Execute
+    dists = pairwise_sq_distances(rows, columns=[slice(0, 1), slice(2, 3)])
+    # Assert
+    assert dists.dtype == np.float64
+    np.testing.assert_array_equal(dists[0], [0.0, 2.0**-12, 2.0**-10])
+    np.testing.assert_array_equal(dists[1], [2.0**-12, 0.0, 2.0**-12])
+
+
+def test_distances_over_column_runs_add_up_every_run():
+    # Prepare: client 1 differs by 1 in run 1, by 2 in run 2 and by 5 in the column left out
+    rows = torch.tensor([[0.0, 0.0, 0.0], [1.0, 5.0, 2.0]])
+    # Execute
+    dists = pairwise_sq_distances(rows, columns=[slice(0, 1), slice(2, 3)])
+    # Assert: 1 + 4
+    np.testing.assert_array_equal(dists, [[0.0, 5.0], [5.0, 0.0]])
+
+
+def test_cosines_are_clipped_to_minus_one_and_one():
+    # Prepare: rows [v, -v] whose unclipped product (the same stacked product cosine_matrix forms)
+    # rounds past 1 in magnitude somewhere; which v do depends on the machine's BLAS, so the first
+    # of seeded candidates, and a skip naming the reason where none does
+    def unclipped(v):
+        unit = normalize_rows(np.stack([v, -v]))
+        return unit @ unit.T
+
+    candidates = np.random.default_rng(0).normal(size=(2000, 3))
+    v = next((c for c in candidates if np.abs(unclipped(c)).max() > 1.0), None)
+    if v is None:
+        pytest.skip("no candidate's cosine rounds past 1 on this machine's BLAS: clipping cannot be observed")
+    # Execute
+    cos = cosine_matrix(np.stack([v, -v]))
+    # Assert
+    np.testing.assert_array_equal(cos, [[1.0, -1.0], [-1.0, 1.0]])
+
+
+def test_a_zero_row_stays_zero_and_has_cosine_zero():
+    # Prepare
+    rows = np.array([[3.0, 4.0], [0.0, 0.0]])
+    # Execute / Assert
+    np.testing.assert_array_equal(normalize_rows(rows), [[0.6, 0.8], [0.0, 0.0]])
+    np.testing.assert_array_equal(cosine_matrix(rows), [[1.0, 0.0], [0.0, 0.0]])
+
+
+def test_parameter_keys_errors_name_the_problem():
+    # Prepare: six parameter names that the state lacks: the message lists the first five
+    names = [f"m{i}.weight" for i in range(6)]
+    empty = {"steps": torch.tensor(3)}
+    # Execute / Assert
+    with pytest.raises(ValueError, match="model_factory builds a different model$") as info:
+        parameter_keys(G, names)
+    assert "m4.weight" in str(info.value) and "m5.weight" not in str(info.value)
+    with pytest.raises(ValueError, match="^the model's state holds no floating-point parameter$"):
+        parameter_keys(empty)
+
+
+def test_parameter_keys_drops_running_statistics_of_nested_layers():
+    # Prepare: a normalisation layer inside a block: only the last name component counts
+    g = dict(G)
+    g["block.bn.running_mean"] = torch.zeros(2)
+    g["block.bn.running_var"] = torch.ones(2)
+    g["block.bn.weight"] = torch.ones(2)
+    # Execute
+    keys = parameter_keys(g)
+    # Assert
+    assert keys == ["body.weight", "body.bias", "fc.weight", "fc.bias", "block.bn.weight"]
+
+
+def test_the_ultimate_layer_is_the_last_two_dimensional_weight_or_the_named_one():
+    # Prepare: the digits model; the tiny model with a 1-D "post.weight" (a norm layer's scale)
+    # after its last linear layer; states without a 2-D weight or without the bias
+    g = digits_global_state()
+    model = make_model("digits_mlp", in_channels=1, num_classes=NUM_CLASSES, seed=0)
+    with_norm = dict(G, **{"post.weight": torch.ones(3), "post.bias": torch.zeros(3)})
+    no_matrix = {"scale.weight": torch.ones(3), "scale.bias": torch.zeros(3)}
+    no_bias = {k: v for k, v in G.items() if k != "fc.bias"}
+    # Execute / Assert: the rule on a state and on a model agree
+    assert find_ultimate_layer(g) == ultimate_layer(model) == ("classifier.weight", "classifier.bias")
+    assert find_ultimate_layer(with_norm) == ("fc.weight", "fc.bias")
+    no_weight = "^no 2-D floating weight in the model's state: cannot find the ultimate layer$"
+    with pytest.raises(ValueError, match=no_weight):
+        find_ultimate_layer(no_matrix)
+    no_bias_message = r"'fc.weight' has no bias 'fc.bias'; name the layer with ultimate_layer=\(weight_key, bias_key\)$"
+    with pytest.raises(ValueError, match=no_bias_message):
+        find_ultimate_layer(no_bias)
+    # a named layer is used as given; one not in the state is refused by name
+    named = FedGrad(ultimate_layer=("features.3.weight", "features.3.bias"), switch_round=0)
+    assert named.aggregate(g, synthetic_round(g), 0).diagnostics["hard_active"]
+    with pytest.raises(ValueError, match="^ultimate layer key 'x.weight' is not in the model's state$"):
+        FedGrad(ultimate_layer=("x.weight", "x.bias")).aggregate(g, synthetic_round(g), 0)
+
+
+# --------------------------------------------------------------------------- hard filter
 
 
 def test_hard_filter_separates_three_colluders():
@@ -171,21 +283,78 @@ def test_hard_filter_identical_attributes_flag_nobody():
     assert not s2.any() and labels.tolist() == [0] * 5
 
 
+def test_hard_filter_treats_rows_equal_to_12_decimals_as_identical():
+    # Prepare: two pairs of rows 3e-13 apart (rounding noise of the running means): one point
+    base = np.array([0.25, 0.75, 0.5, 1.0])
+    near = np.stack([base, base, base + 3e-13, base + 3e-13])
+    # Execute
+    s2, labels = hard_filter_split(near, np.array([0.0, 1.0, 2.0, 3.0]), seed=0)
+    # Assert
+    assert not s2.any() and labels.tolist() == [0, 0, 0, 0] and labels.dtype == np.int64
+
+
+def test_hard_filter_splits_groups_that_round_to_the_same_integers():
+    # Prepare: two groups well apart at 0.1 / 0.3 (both round to 0 at 0 decimals); client 2 has
+    # the lowest closeness score: its group {2, 3} is benign
+    rows = np.array([[0.1, 0.2], [0.1, 0.2], [0.3, 0.4], [0.3, 0.4]])
+    # Execute
+    s2, labels = hard_filter_split(rows, np.array([2.0, 2.0, 1.0, 2.0]), seed=0)
+    # Assert
+    assert s2.tolist() == [True, True, False, False]
+    assert labels.dtype == np.int64 and labels[0] == labels[1] != labels[2] == labels[3]
+
+
+def test_hard_filter_splits_two_distinct_clients():
+    # Prepare: K = 2 (the defense needs 4, the function does not): each its own cluster
+    s2, labels = hard_filter_split(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([3.0, 1.0]), seed=0)
+    # Assert: client 1 is the anchor
+    assert s2.tolist() == [True, False] and labels.dtype == np.int64 and labels[0] != labels[1]
+
+
+def test_kmeans_gets_the_defenses_n_init_and_seed(kmeans_calls):
+    # Prepare: record the KMeans settings (the data decide nothing here)
+    seen = kmeans_calls
+    rows = np.array([[0.1, 0.2], [0.1, 0.2], [0.3, 0.4], [0.3, 0.4]])
+    # Execute
+    hard_filter_split(rows, np.zeros(4), seed=5)
+    hard_filter_split(rows, np.zeros(4), seed=6, n_init=3)
+    # Assert: the documented default n_init is 10
+    assert seen == [
+        {"n_clusters": 2, "n_init": 10, "random_state": 5},
+        {"n_clusters": 2, "n_init": 3, "random_state": 6},
+    ]
+
+
 # --------------------------------------------------------------------------- trust score
 
 
-def test_trust_fallback_to_s1_when_everything_is_cleared():
-    suspicious = np.array([True, True, False])
-    s1 = np.array([True, False, False])
-    final, cleared = clear_trusted(suspicious, np.array([0.9, 0.9, 0.9]), gamma=0.75, fallback=s1)
-    assert final.tolist() == [True, False, False] and cleared.tolist() == [False, True, False]
-    final, cleared = clear_trusted(suspicious, np.array([0.9, 0.9, 0.9]), gamma=0.75)
-    assert not final.any() and cleared.tolist() == [True, True, False]
+@pytest.mark.parametrize(
+    "suspicious, trust, fallback, final, cleared",
+    [
+        # trust 0.9 >= gamma clears everybody: the fallback S1 (client 0) stays suspicious
+        ([True, True, False], [0.9, 0.9, 0.9], [True, False, False], [True, False, False], [False, True, False]),
+        # no fallback: everybody cleared
+        ([True, True, False], [0.9, 0.9, 0.9], None, [False, False, False], [True, True, False]),
+        # 0/1 lists (not bool arrays): the results are used with ``~`` (keep = ~final), so they must
+        # be bool, since ~1 = -2; trust 0.75 equals gamma: cleared, then the fallback
+        ([1, 1, 0], [0.75, 0.9, 0.1], [1, 0, 0], [True, False, False], [False, True, False]),
+        ([1, 0, 1], [0.5, 0.9, 0.8], None, [True, False, False], [False, False, True]),
+    ],
+)
+def test_clear_trusted_clears_trusted_suspicious_clients_and_falls_back_to_s1(
+    suspicious, trust, fallback, final, cleared
+):
+    # Execute
+    got_final, got_cleared = clear_trusted(suspicious, trust, gamma=0.75, fallback=fallback)
+    # Assert
+    assert got_final.dtype == bool and got_cleared.dtype == bool
+    assert got_final.tolist() == final and got_cleared.tolist() == cleared
+    assert (~got_final).tolist() == [not f for f in final]
 
 
 def test_trust_clears_neither_persistent_attackers_nor_benign_clients_flagged_from_the_start():
     # Prepare
-    g = global_state()
+    g = digits_global_state()
     defense = FedGrad(switch_round=3, seed=0)
     history = {cid: [0.5] for cid in range(10)}
     # Execute: 12 rounds of the same kind of attack
@@ -206,7 +375,7 @@ def test_trust_clears_neither_persistent_attackers_nor_benign_clients_flagged_fr
 
 
 def test_synthetic_attack_is_caught_from_the_first_round():
-    g = global_state()
+    g = digits_global_state()
     agg = FedGrad(switch_round=0, seed=0).aggregate(g, synthetic_round(g), 0)
     assert agg.diagnostics["s2"] == [7, 8, 9]
     assert {7, 8, 9} <= set(agg.diagnostics["s1"])
@@ -225,7 +394,7 @@ def test_synthetic_attack_is_caught_from_the_first_round():
     ],
 )
 def test_variants_catch_the_synthetic_attack(params):
-    g = global_state()
+    g = digits_global_state()
     defense = FedGrad(switch_round=0, seed=1, **params)
     for r in range(3):
         agg = defense.aggregate(g, synthetic_round(g, seed=10 + r), r)
@@ -234,7 +403,7 @@ def test_variants_catch_the_synthetic_attack(params):
 
 def test_reordering_clients_changes_nothing():
     # Prepare
-    g = global_state()
+    g = digits_global_state()
     rounds = [synthetic_round(g, seed=r) for r in range(4)]
     a, b = FedGrad(switch_round=2), FedGrad(switch_round=2)
     perm = np.random.default_rng(0)
@@ -250,7 +419,7 @@ def test_reordering_clients_changes_nothing():
 
 def test_identical_updates_without_attackers_equal_fedavg():
     # Prepare
-    g = global_state()
+    g = digits_global_state()
     gen = torch.Generator().manual_seed(5)
     common = {k: v + 0.01 * torch.randn(v.shape, generator=gen) for k, v in g.items()}
     updates = [ClientUpdate(c, {k: v.clone() for k, v in common.items()}, 10 + c) for c in range(8)]
@@ -267,7 +436,7 @@ def test_identical_updates_without_attackers_equal_fedavg():
 
 @pytest.mark.parametrize("bad_value", [math.nan, math.inf, -math.inf])
 def test_non_finite_update_is_flagged_and_the_model_stays_finite(bad_value):
-    g = global_state()
+    g = digits_global_state()
     updates = synthetic_round(g)
     broken = {k: v.clone() for k, v in updates[2].state.items()}
     broken["features.1.weight"][0, 0] = bad_value
@@ -281,7 +450,7 @@ def test_non_finite_update_is_flagged_and_the_model_stays_finite(bad_value):
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_few_clients_do_not_crash(k):
-    g = global_state()
+    g = digits_global_state()
     updates = synthetic_round(g, num_benign=k, attackers=())
     defense = FedGrad(switch_round=0)
     for r in range(2):
@@ -290,33 +459,8 @@ def test_few_clients_do_not_crash(k):
         assert all(torch.isfinite(t).all() for t in agg.global_state.values())
 
 
-def test_everyone_suspicious_keeps_the_previous_model():
-    # Prepare: two clients that swap roles; with two clients the scaled scores are 1 and 0,
-    # so after two rounds both running means are 0.5 > min(zeta = 0, 0.5) = 0
-    g = global_state()
-    e = torch.zeros_like(g["classifier.weight"])
-    e[0, 0] = 0.01
-
-    def client(cid, shift):
-        state = {k: v.clone() for k, v in g.items()}
-        state["classifier.weight"] = state["classifier.weight"] + shift * e
-        return ClientUpdate(cid, state, 10)
-
-    defense = FedGrad(zeta=0.0, use_hard=False, use_trust=False)
-    # Execute
-    first = defense.aggregate(g, [client(0, 3.0), client(1, -1.0)], 0)
-    second = defense.aggregate(g, [client(0, -1.0), client(1, 3.0)], 1)
-    # Assert
-    assert first.flagged == {0}  # W* = g + e: client 0 moved along W* - W_prev, score 1
-    assert second.diagnostics["soft_scores"] == {"0": 0.5, "1": 0.5}
-    assert second.flagged == {0, 1}
-    assert "kept_previous_model" in second.diagnostics
-    for k in g:
-        assert torch.equal(second.global_state[k], g[k])
-
-
 def test_table4_rows_are_expressible():
-    g = global_state()
+    g = digits_global_state()
     rounds = [synthetic_round(g, seed=r) for r in range(3)]
     hard_only = FedGrad(use_soft=False, use_trust=False, switch_round=2)
     soft_only = FedGrad(use_hard=False, use_trust=False, switch_round=0)
@@ -328,46 +472,32 @@ def test_table4_rows_are_expressible():
         assert h.flagged == (frozenset({7, 8, 9}) if r >= 2 else frozenset())
 
 
-def test_ultimate_layer_found_and_named():
-    g = global_state()
-    model = make_model("digits_mlp", in_channels=1, num_classes=NUM_CLASSES, seed=0)
-    assert find_ultimate_layer(g) == ultimate_layer(model) == ("classifier.weight", "classifier.bias")
-    no_bias = {"a.weight": torch.zeros(3, 2)}
-    with pytest.raises(ValueError, match="no bias"):
-        find_ultimate_layer(no_bias)
-    named = FedGrad(ultimate_layer=("features.3.weight", "features.3.bias"), switch_round=0)
-    agg = named.aggregate(g, synthetic_round(g), 0)
-    assert agg.diagnostics["hard_active"]
-    with pytest.raises(ValueError, match="not in the model"):
-        FedGrad(ultimate_layer=("x.weight", "x.bias")).aggregate(g, synthetic_round(g), 0)
-
-
-def test_checkpoint_round_trip_continues_identically():
-    g = global_state()
-    rounds = [synthetic_round(g, seed=r) for r in range(4)]
-    straight = FedGrad(switch_round=1)
-    resumed = FedGrad(switch_round=1)
-    for r in range(2):
-        straight.aggregate(g, rounds[r], r)
-        resumed.aggregate(g, rounds[r], r)
-    buffer = io.BytesIO()
-    torch.save(resumed, buffer)
-    buffer.seek(0)
-    resumed = torch.load(buffer, weights_only=False)
-    for r in range(2, 4):
-        a, b = straight.aggregate(g, rounds[r], r), resumed.aggregate(g, rounds[r], r)
-        assert a.diagnostics == b.diagnostics
-
-
 def test_diagnostics_are_json_friendly():
     import json
 
-    g = global_state()
+    g = digits_global_state()
     agg = FedGrad(switch_round=0).aggregate(g, synthetic_round(g), 0)
     text = json.dumps(agg.diagnostics)
     for key in ("s1", "s2", "cleared", "suspicious", "soft_scores", "soft_threshold", "trust",
                 "hard_active", "closeness"):
         assert key in json.loads(text)
+
+
+def test_num_attackers_is_the_fraction_of_the_round_rounded_down():
+    # Execute / Assert: int(0.25 x 8) = 2, int(0.3 x 9) = 2; an estimate overrides the fraction
+    assert FedGrad(attacker_fraction=0.25).num_attackers(8) == 2
+    assert FedGrad(attacker_fraction=0.3).num_attackers(9) == 2
+    assert FedGrad(num_attackers_estimate=3).num_attackers(8) == 3
+
+
+def test_validate_accepts_one_client_and_refuses_none():
+    # Execute / Assert
+    FedGrad().validate(1)
+    with pytest.raises(ValueError, match="^FedGrad needs at least one client per round$"):
+        FedGrad().validate(0)
+
+
+# --------------------------------------------------------------------------- parameters
 
 
 def test_registered_and_context_filled():
@@ -380,31 +510,81 @@ def test_registered_and_context_filled():
 
 
 @pytest.mark.parametrize(
-    "params, message",
+    "params, names",
     [
-        ({"zeta": -0.1}, "zeta"),
-        ({"zeta": math.nan}, "zeta"),
-        ({"gamma": 1.5}, "gamma"),
-        ({"lambda1": 1.0, "lambda2": 0.25}, "lambda1"),
-        ({"switch_round": -1}, "switch_round"),
-        ({"switch_round": 2.5}, "switch_round"),
-        ({"use_soft": False, "use_hard": False}, "both False"),
-        ({"use_trust": "yes"}, "use_trust"),
-        ({"num_attackers_estimate": -2}, "num_attackers_estimate"),
-        ({"attacker_fraction": 1.0}, "attacker_fraction"),
-        ({"strict_factor": 0.0}, "strict_factor"),
-        ({"gradient": "loss"}, "gradient"),
-        ({"bias": "delta"}, "bias"),
-        ({"closeness": "cosine"}, "closeness"),
-        ({"fallback": "all"}, "fallback"),
-        ({"kmeans_n_init": 0}, "kmeans_n_init"),
-        ({"ultimate_layer": "classifier.weight"}, "ultimate_layer"),
-        ({"no_such_option": 1}, "no_such_option"),
+        # the message starts with the parameter, names the rule it breaks and ends with the value
+        ({"zeta": 1.5}, ("zeta", "[0.0, 1.0]", "1.5")),
+        ({"zeta": -0.1}, ("zeta", "[0.0, 1.0]", "-0.1")),
+        ({"zeta": math.nan}, ("zeta", "finite number", "nan")),
+        ({"gamma": -0.5}, ("gamma", "[0.0, 1.0]", "-0.5")),
+        ({"gamma": 1.5}, ("gamma", "[0.0, 1.0]", "1.5")),
+        ({"lambda1": 1.5}, ("lambda1", "[0.0, 1.0]", "1.5")),
+        ({"lambda2": 1.5}, ("lambda2", "[0.0, 1.0]", "1.5")),
+        ({"lambda1": 0.5, "lambda2": 0.5}, ("lambda1", "suspicious client, 0.5", "below lambda2", "clean one, 0.5)")),
+        ({"lambda1": 1.0, "lambda2": 0.25}, ("lambda1", "1.0", "below lambda2", "0.25)")),
+        ({"switch_round": -1}, ("switch_round", "integer >= 0", "-1")),
+        ({"switch_round": 2.5}, ("switch_round", "integer >= 0", "2.5")),
+        ({"use_soft": "yes"}, ("use_soft", "True or False", "'yes'")),
+        ({"use_hard": 1}, ("use_hard", "True or False", "1")),
+        ({"use_trust": None}, ("use_trust", "True or False", "None")),
+        ({"use_soft": False, "use_hard": False}, ("use_soft", "use_hard", "both False", "FedGrad would flag nobody")),
+        ({"num_attackers_estimate": -1}, ("num_attackers_estimate", "integer >= 0", "-1")),
+        ({"attacker_fraction": 1.5}, ("attacker_fraction", "[0.0, 1.0]", "1.5")),
+        ({"attacker_fraction": 1.0}, ("attacker_fraction", "below 1", "1.0")),
+        ({"strict_factor": 1.5}, ("strict_factor", "(0.0, 1.0]", "1.5")),
+        ({"strict_factor": 0}, ("strict_factor", "(0.0, 1.0]", "0")),
+        ({"strict_factor": 0.0}, ("strict_factor", "(0.0, 1.0]", "0.0")),
+        (
+            {"strict_factor": 0.5, "soft_threshold": "largest_gap"},
+            ("strict_factor", "median threshold", "cannot be combined with 'largest_gap'"),
+        ),
+        ({"soft_threshold": "mean"}, ("soft_threshold", "['median', 'largest_gap']", "'mean'")),
+        ({"trust_decay": 0.0}, ("trust_decay", "(0.0, 1.0]", "0.0")),
+        ({"trust_decay": -0.5}, ("trust_decay", "(0.0, 1.0]", "-0.5")),
+        ({"trust_decay": 1.5}, ("trust_decay", "(0.0, 1.0]", "1.5")),
+        ({"trust_decay": math.nan}, ("trust_decay", "finite number", "nan")),
+        ({"trust_decay": True}, ("trust_decay", "finite number", "True")),
+        ({"trust_decay": "0.5"}, ("trust_decay", "finite number", "'0.5'")),
+        ({"gradient": "raw"}, ("gradient", "['update', 'authors']", "'raw'")),
+        ({"bias": "authors"}, ("bias", "['update', 'raw']", "'authors'")),
+        ({"closeness": "krum"}, ("closeness", "['full', 'ultimate']", "'krum'")),
+        ({"fallback": "all"}, ("fallback", "['s1', 'none']", "'all'")),
+        ({"kmeans_n_init": 0}, ("kmeans_n_init", "integer >= 1", "0")),
+        ({"seed": -1}, ("seed", "integer >= 0", "-1")),
+        ({"ultimate_layer": ("fc.weight",)}, ("ultimate_layer", "(weight, bias)", "('fc.weight',)")),
+        ({"ultimate_layer": "classifier.weight"}, ("ultimate_layer", "(weight, bias)", "'classifier.weight'")),
+        ({"model_factory": 3}, ("model_factory", "zero-argument callable", "nn.Module")),
+        ({"model_factory": dict}, ("model_factory", "must return an nn.Module", "dict")),
     ],
 )
-def test_invalid_parameters_raise(params, message):
-    with pytest.raises(ValueError, match=message):
-        make_defense("fedgrad", **params)
+def test_invalid_parameters_are_refused_by_name(params, names):
+    # Execute / Assert: the names, in this order, the first at the start and the last at the end
+    with pytest.raises(ValueError, match="^" + ".*".join(re.escape(n) for n in names) + "$"):
+        FedGrad(**params)
+
+
+def test_the_registry_builds_fedgrad_with_its_checks_and_refuses_unknown_parameters():
+    with pytest.raises(ValueError, match="^zeta must lie in"):
+        make_defense("fedgrad", zeta=-0.1)
+    with pytest.raises(ValueError, match="no_such_option"):
+        make_defense("fedgrad", no_such_option=1)
+
+
+def test_constructor_defaults_and_boundary_values():
+    # Execute
+    defense = FedGrad()
+    edge = FedGrad(num_attackers_estimate=0, zeta=1.0, gamma=0.0, lambda1=0.0, lambda2=1.0, attacker_fraction=0.0,
+                   strict_factor=1.0, trust_decay=1.0, ultimate_layer=["fc.weight", "fc.bias"])
+    # Assert: the documented defaults; the closed ends of the ranges are accepted
+    assert (defense.zeta, defense.gamma, defense.lambda1, defense.lambda2) == (0.5, 0.75, 0.25, 1.0)
+    assert (defense.switch_round, defense.kmeans_n_init, defense.seed) == (50, 10, 0)
+    assert (defense.attacker_fraction, defense.strict_factor, defense.num_attackers_estimate) == (0.25, None, None)
+    assert (defense.gradient, defense.bias, defense.closeness, defense.fallback) == ("authors", "update", "full", "s1")
+    assert defense.use_soft and defense.use_hard and defense.use_trust
+    assert defense.ultimate_layer is None and defense.parameter_names is None
+    assert defense.soft_threshold == "median" and defense.trust_decay is None  # the paper's rules
+    assert edge.num_attackers(8) == 0 and edge.ultimate_layer == ("fc.weight", "fc.bias")
+    assert (edge.zeta, edge.gamma, edge.lambda1, edge.strict_factor, edge.trust_decay) == (1.0, 0.0, 0.0, 1.0, 1.0)
 
 
 # --------------------------------------------------------------------------- end to end

@@ -1,13 +1,7 @@
 """FedGrad through ``FedGrad.aggregate`` on tiny hand-made rounds: every number checkable by hand.
 
-The model is a 4-tensor state (``body``, then the ultimate layer ``fc`` with 3 classes x 2
-features) with dyadic values, so that sums and averages are exact in float32.
-
-Soft filter rounds: client ``i`` sends ``fc.weight = W_prev + c_i E`` (``E`` all 0.25, nothing
-else changes).  Then ``W_i - W* = (c_i - cbar) E`` and ``W* - W_prev = cbar E`` with ``cbar`` the
-sample-weighted mean of the ``c``: for ``cbar > 0`` the raw score is +1 above ``cbar`` and -1
-below, so the min-max scaled score is 1 ("high") or 0 ("low"), and the running means are plain
-fractions of high rounds.
+The rounds use the tiny model of ``conftest.py`` (``G``, ``E``, ``client``, ``soft_client``): its
+comment says why a HIGH client scores 1 and a LOW one 0 in the soft filter.
 """
 
 from __future__ import annotations
@@ -17,47 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import E, G, HIGH, LOW, client, soft_client, tiny_global
 from fedgrad_core.defenses import ClientUpdate
-from fedgrad_core.defenses.fedgrad import FedGrad, parameter_columns, parameter_keys
 from fedgrad_core.defenses.base import Layout
-
-HIGH, LOW = 3.0, 1.0
-
-
-def tiny_global(*, batchnorm: bool = False) -> dict[str, torch.Tensor]:
-    g = {
-        "body.weight": torch.tensor([[0.5, -0.25], [0.75, 1.0]]),
-        "body.bias": torch.tensor([0.25, -0.5]),
-    }
-    if batchnorm:
-        g.update({
-            "bn.weight": torch.tensor([1.0, 0.5]),
-            "bn.bias": torch.tensor([0.0, 0.25]),
-            "bn.running_mean": torch.tensor([0.5, -0.5]),
-            "bn.running_var": torch.tensor([1.0, 2.0]),
-            "bn.num_batches_tracked": torch.tensor(7),
-        })
-    g["fc.weight"] = torch.tensor([[0.5, -0.5], [0.25, 0.75], [-1.0, 0.5]])
-    g["fc.bias"] = torch.tensor([0.5, -0.25, 0.125])
-    return g
-
-
-G = tiny_global()
-E = torch.full((3, 2), 0.25)
-
-
-def client(cid: int, n: int = 1, g: dict | None = None, **changes: torch.Tensor) -> ClientUpdate:
-    """``g`` plus the given changes (keys with dots written as ``__``)."""
-    g = G if g is None else g
-    state = {k: v.clone() for k, v in g.items()}
-    for key, delta in changes.items():
-        name = key.replace("__", ".")
-        state[name] = state[name] + delta
-    return ClientUpdate(cid, state, n)
-
-
-def soft_client(cid: int, c: float, n: int = 1) -> ClientUpdate:
-    return client(cid, n, fc__weight=c * E)
+from fedgrad_core.defenses.fedgrad import FedGrad, parameter_columns, parameter_keys
 
 
 def soft_only(**params) -> FedGrad:
@@ -65,6 +22,7 @@ def soft_only(**params) -> FedGrad:
 
 
 # --------------------------------------------------------------------------- trust score
+
 
 H1, H2, L1, L2, L3, X = 10, 11, 20, 21, 22, 30
 
@@ -178,6 +136,16 @@ def test_sample_weights_in_w_star_decide_the_soft_scores():
     assert b["soft_scores"] == {"0": 0.0, "1": 0.0, "2": 1.0}
 
 
+def test_a_client_at_the_round_average_scores_zero_before_scaling():
+    # Prepare: c = 1, 2, 3 with counts 1, 2, 1 (weights 1/4, 1/2, 1/4, exact): cbar = 2, so
+    # client 1 sits exactly at W* (W_i - W* = 0): raw scores -1, 0, +1, scaled 0, 1/2, 1
+    updates = [client(i, n, fc__weight=c * E) for i, (c, n) in enumerate(((1.0, 1), (2.0, 2), (3.0, 1)))]
+    # Execute
+    out = FedGrad(use_hard=False, switch_round=9).aggregate(G, updates, 0)
+    # Assert
+    assert out.diagnostics["soft_scores"] == {"0": 0.0, "1": 0.5, "2": 1.0}
+
+
 def test_final_average_weights_the_kept_clients_by_sample_count():
     # Prepare: every tensor moves: client i is W_prev + c_i (all entries), c = 1, 3, 4 with
     # counts 1, 3, 12: cbar = (1 + 9 + 48) / 16 = 3.625 -> scaled scores 0, 0, 1, threshold
@@ -194,7 +162,45 @@ def test_final_average_weights_the_kept_clients_by_sample_count():
         assert torch.equal(out.global_state[key], value + 0.625), key
 
 
+def test_strict_factor_lowers_the_threshold_through_aggregate():
+    # Prepare: round 0 scaled scores H1 1, H2 1, L 0, X 1; round 1 X is low: running means
+    # 1, 1, 0, 1/2, median 3/4 -> eps1 = min(0.5, 3/4) = 0.5: X (0.5) is not strictly above;
+    # 0.5 x eps1 = 0.25 flags X too
+    def rounds(defense):
+        for r in range(2):
+            c = [3.0, 3.0, 1.0, 3.0 if r == 0 else 1.0]
+            out = defense.aggregate(G, [client(i, fc__weight=c[i] * E) for i in range(4)], r)
+        return out.diagnostics
+
+    # Execute
+    plain = rounds(FedGrad(use_hard=False, switch_round=9))
+    strict = rounds(FedGrad(use_hard=False, switch_round=9, strict_factor=0.5))
+    # Assert
+    assert plain["soft_scores"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.5}
+    assert plain["soft_threshold"] == 0.5 and plain["s1"] == [0, 1]
+    assert strict["soft_threshold"] == 0.25 and strict["s1"] == [0, 1, 3]
+    assert "clusters" not in strict  # no hard-filter round: no cluster labels
+
+
+def test_everyone_suspicious_keeps_the_previous_model_and_says_why():
+    # Prepare: two clients, the soft filter with zeta = 0 flags the one with scaled score 1 and,
+    # after they swap, both (running means 1/2 > min(zeta = 0, 1/2) = 0)
+    defense = FedGrad(zeta=0.0, use_hard=False, use_trust=False)
+    # Execute
+    first = defense.aggregate(G, [client(0, fc__weight=3 * E), client(1, fc__weight=-E)], 0)
+    second = defense.aggregate(G, [client(0, fc__weight=-E), client(1, fc__weight=3 * E)], 1)
+    # Assert: W* = W_prev + E in round 0, client 0 moved along W* - W_prev (score 1)
+    assert first.flagged == {0}
+    assert second.diagnostics["soft_scores"] == {"0": 0.5, "1": 0.5}
+    assert second.flagged == {0, 1}
+    assert second.diagnostics["kept_previous_model"] == "every client was suspicious"
+    for key in G:
+        assert torch.equal(second.global_state[key], G[key]), key
+
+
 # --------------------------------------------------------------------------- hard filter
+
+
 # Hard-filter rounds use the hard filter alone (S2 is the answer) from round 0, four clients.
 
 
@@ -317,6 +323,51 @@ def test_full_closeness_ignores_batchnorm_statistics(factory):
     assert torch.equal(out.global_state["bn.num_batches_tracked"], g["bn.num_batches_tracked"])
 
 
+class WithMask(nn.Module):
+    """A model with a float buffer that is no normalisation statistic (``mask``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(2, 2)
+        self.fc = nn.Linear(2, 3)
+        self.register_buffer("mask", torch.ones(2))
+
+
+def test_full_closeness_uses_the_model_factorys_parameter_names():
+    # Prepare: clients 0 and 1 make the same ultimate change and differ wildly in ``mask`` (a
+    # buffer the name rule would count); clients 2, 3 differ in the ultimate layer only.  Over
+    # the parameters: d(0, 1) = 0, d(2, 3) = 0.5, d(0, 2) = 0.375: client 0 anchors, S2 = {2, 3}
+    g = dict(G, mask=torch.ones(2))
+    assert set(g) == set(WithMask().state_dict())
+    ult = [torch.tensor([[0.25, 0.25], [0.0, 0.0], [0.0, 0.0]])] * 2 + [
+        torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 0.0]]),
+        torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.0, 0.0]]),
+    ]
+    masks = [torch.full((2,), 64.0), torch.full((2,), -64.0), torch.zeros(2), torch.zeros(2)]
+    updates = [client(i, g=g, fc__weight=ult[i], mask=masks[i]) for i in range(4)]
+    defense = FedGrad(use_soft=False, use_trust=False, switch_round=0, num_attackers_estimate=1, model_factory=WithMask)
+    # Execute
+    out = defense.aggregate(g, updates, 0)
+    # Assert
+    assert out.diagnostics["closeness"] == pytest.approx({"0": 0.0, "1": 0.0, "2": 0.375, "3": 0.375})
+    assert out.diagnostics["s2"] == [2, 3]
+
+
+def test_full_closeness_of_models_far_from_the_origin_is_exact():
+    # Prepare: every entry of the global model 1024 + x; clients move body.weight[0, 0] by
+    # 0, 1, 2, 3 x 2^-6.  Centred on the global model the changes and the squared distances are
+    # exact: nearest neighbours 2^-12 apart (1 neighbour for K = 4, f = 1)
+    g = {k: v + 1024.0 for k, v in G.items()}
+    step = torch.zeros(2, 2)
+    step[0, 0] = 2.0**-6
+    updates = [client(i, g=g, body__weight=i * step) for i in range(4)]
+    defense = FedGrad(use_soft=False, use_trust=False, switch_round=0, num_attackers_estimate=1)
+    # Execute
+    out = defense.aggregate(g, updates, 0)
+    # Assert
+    assert out.diagnostics["closeness"] == {str(i): 2.0**-12 for i in range(4)}
+
+
 def test_parameter_keys_by_name_rule_and_by_model():
     # Prepare: a float buffer that is not a normalisation statistic
     g = tiny_global(batchnorm=True)
@@ -340,47 +391,6 @@ def test_parameter_keys_by_name_rule_and_by_model():
     assert built.parameter_names == names
 
 
-# --------------------------------------------------------------------------- pairwise history
-
-
-def pair_block(defense: FedGrad, key: str, ids) -> np.ndarray:
-    """The saved pair array ``key`` (``pair_w``, ``pair_b`` or ``pair_n``) over ``ids``, in that order."""
-    state = defense.state_dict()
-    pos = [state["pair_ids"].tolist().index(c) for c in ids]
-    return state[key].numpy()[np.ix_(pos, pos)]
-
-
-def test_pairwise_history_is_a_running_mean_over_shared_rounds():
-    # Prepare: by-class vectors (gradient="update", biases unchanged: the bias half is 0)
-    #   round 0, ids 0 1 2: (1,0,0) (0,1,0) (1,1,0) -> cosines [[1,0,r],[0,1,r],[r,r,1]],
-    #     r = 1/sqrt(2); column min-max: [[1,0,0],[0,1,0],[r,r,1]] (column 2 spans r..1)
-    #   round 1, ids 0 1 3: (1,0,0) (1,1,0) (0,1,0) -> [[1,r,0],[r,1,r],[0,r,1]];
-    #     scaled: [[1,0,0],[r,1,r],[0,0,1]] (column 1 spans r..1)
-    r = 1 / np.sqrt(2)
-    defense = FedGrad(use_soft=False, use_trust=False, switch_round=9, gradient="update")
-    rounds = [
-        [(0, (1, 0, 0)), (1, (0, 1, 0)), (2, (1, 1, 0))],
-        [(0, (1, 0, 0)), (1, (1, 1, 0)), (3, (0, 1, 0))],
-    ]
-    # Execute
-    for t, members in enumerate(rounds):
-        changes = by_class(*[tuple(0.25 * x for x in v) for _, v in members])
-        defense.aggregate(G, [client(cid, fc__weight=d) for (cid, _), d in zip(members, changes)], t)
-    # Assert: (i, j) is row i, column j; pairs that met twice hold the mean of two rounds
-    expected = np.array([
-        [1.0, 0.0, 0.0, 0.0],
-        [r / 2, 1.0, 0.0, r],  # (1, 0): (0 + r) / 2 over two rounds
-        [r, r, 1.0, 0.0],  # (2, 3) never met
-        [0.0, 0.0, 0.0, 1.0],
-    ])
-    ids = range(4)
-    np.testing.assert_allclose(pair_block(defense, "pair_w", ids), expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(
-        pair_block(defense, "pair_n", ids), [[2, 2, 1, 1], [2, 2, 1, 1], [1, 1, 1, 0], [1, 1, 0, 1]]
-    )
-    np.testing.assert_array_equal(pair_block(defense, "pair_b", ids), np.zeros((4, 4)))
-
-
 @pytest.mark.parametrize("counts, s2", [((1, 1, 1, 1), [2, 3]), ((1, 1, 1, 9), [3])])
 def test_sample_weights_in_w_star_decide_the_hard_split(counts, s2):
     # Prepare: by-class changes 0.25 x (1, 2, 4, 5) along class 0 ("authors": minus W*'s row
@@ -393,6 +403,16 @@ def test_sample_weights_in_w_star_decide_the_hard_split(counts, s2):
     out = hard_only(gradient="authors").aggregate(G, updates, 0)
     # Assert
     assert out.diagnostics["s2"] == s2
+
+
+def test_the_defense_hands_its_kmeans_n_init_to_kmeans(kmeans_calls):
+    # Prepare
+    seen = kmeans_calls
+    updates = [client(i, fc__bias=torch.tensor([0.25 * (-1) ** i, 0.0, 0.0])) for i in range(4)]
+    # Execute
+    FedGrad(use_soft=False, use_trust=False, switch_round=0, kmeans_n_init=3, seed=4).aggregate(G, updates, 0)
+    # Assert
+    assert seen == [{"n_clusters": 2, "n_init": 3, "random_state": 4}]
 
 
 def test_the_fallback_restores_s1_only_not_s2():
@@ -415,3 +435,69 @@ def test_the_fallback_restores_s1_only_not_s2():
     assert d["s1"] == [1] and d["s2"] == [3]
     assert d["trust"] == pytest.approx({str(i): 2.5 / 3 for i in range(4)})
     assert d["suspicious"] == [1] and d["cleared"] == [3]
+
+
+# --------------------------------------------------------------------------- pairwise history
+
+
+def pair_block(defense: FedGrad, key: str, ids) -> np.ndarray:
+    """The saved pair array ``key`` (``pair_w``, ``pair_b`` or ``pair_n``) over ``ids``, in that order."""
+    state = defense.state_dict()
+    pos = [state["pair_ids"].tolist().index(c) for c in ids]
+    return state[key].numpy()[np.ix_(pos, pos)]
+
+
+@pytest.mark.parametrize("half", ["weight", "bias"])
+def test_pairwise_history_is_a_running_mean_over_shared_rounds(half):
+    # Prepare: by-class vectors of one half (gradient="update"; the other half unchanged: 0)
+    #   round 0, ids 0 1 2: (1,0,0) (0,1,0) (1,1,0) -> cosines [[1,0,r],[0,1,r],[r,r,1]],
+    #     r = 1/sqrt(2); column min-max: [[1,0,0],[0,1,0],[r,r,1]] (column 2 spans r..1)
+    #   round 1, ids 0 1 3: (1,0,0) (1,1,0) (0,1,0) -> [[1,r,0],[r,1,r],[0,r,1]];
+    #     scaled: [[1,0,0],[r,1,r],[0,0,1]] (column 1 spans r..1)
+    r = 1 / np.sqrt(2)
+    defense = FedGrad(use_soft=False, use_trust=False, switch_round=9, gradient="update")
+    rounds = [
+        [(0, (1, 0, 0)), (1, (0, 1, 0)), (2, (1, 1, 0))],
+        [(0, (1, 0, 0)), (1, (1, 1, 0)), (3, (0, 1, 0))],
+    ]
+    # Execute
+    for t, members in enumerate(rounds):
+        if half == "weight":
+            changes = by_class(*[tuple(0.25 * x for x in v) for _, v in members])
+            updates = [client(cid, fc__weight=d) for (cid, _), d in zip(members, changes)]
+        else:
+            updates = [client(cid, fc__bias=0.25 * torch.tensor(v, dtype=torch.float32)) for cid, v in members]
+        defense.aggregate(G, updates, t)
+    # Assert: (i, j) is row i, column j; pairs that met twice hold the mean of two rounds
+    expected = np.array([
+        [1.0, 0.0, 0.0, 0.0],
+        [r / 2, 1.0, 0.0, r],  # (1, 0): (0 + r) / 2 over two rounds
+        [r, r, 1.0, 0.0],  # (2, 3) never met
+        [0.0, 0.0, 0.0, 1.0],
+    ])  # fmt: skip
+    on, off = ("pair_w", "pair_b") if half == "weight" else ("pair_b", "pair_w")
+    ids = range(4)
+    np.testing.assert_allclose(pair_block(defense, on, ids), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(pair_block(defense, off, ids), np.zeros((4, 4)))
+    np.testing.assert_array_equal(
+        pair_block(defense, "pair_n", ids), [[2, 2, 1, 1], [2, 2, 1, 1], [1, 1, 1, 0], [1, 1, 0, 1]]
+    )
+
+
+def test_pair_history_grows_past_its_first_capacity():
+    # Prepare: 20 clients in round 0 (more than the 16 first allocated), 40 in round 1 (more
+    # than twice 20); bias changes along one of 3 classes, weights unchanged
+    defense = FedGrad(use_soft=False, use_trust=False, switch_round=99, gradient="update")
+
+    def round_of(ids):
+        return [client(c, fc__bias=torch.eye(3)[c % 3] * 0.25) for c in ids]
+
+    # Execute
+    defense.aggregate(G, round_of(range(20)), 0)
+    defense.aggregate(G, round_of(range(40)), 1)
+    # Assert: every pair of the first 20 met twice, every pair with a newcomer once; the
+    # by-class bias vectors of c and c' are equal (cosine 1, scaled 1) or orthogonal (0)
+    n = pair_block(defense, "pair_n", range(40))
+    assert n[:20, :20].min() == 2 and n[20:, :].max() == 1 and n[:, 20:].max() == 1
+    same = (np.arange(40)[:, None] % 3) == (np.arange(40)[None, :] % 3)
+    np.testing.assert_array_equal(pair_block(defense, "pair_b", range(40)), same.astype(np.float32))

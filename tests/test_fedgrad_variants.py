@@ -2,10 +2,11 @@
 ``trust_decay``.  Hand-checkable inputs on which each option gives a different answer from the
 faithful default, and the default reproducing the faithful result.
 
-The rounds use the construction of tests/test_fedgrad_rounds.py: client ``i`` sends
-``fc.weight = W_prev + c_i E`` (``E`` all 0.25); with ``c_i`` either HIGH or LOW and both present
-the min-max scaled score is 1 for HIGH and 0 for LOW, so the running means are fractions of
-high rounds.  Values are dyadic, so the averages are exact in float32.
+The rounds use the tiny model of ``conftest.py``: client ``i`` sends ``fc.weight = W_prev + c_i E``
+(``E`` all 0.25); with ``c_i`` either HIGH or LOW and both present the min-max scaled score is 1 for
+HIGH and 0 for LOW, so the running means are fractions of high rounds.  Values are dyadic, so the
+averages are exact in float32.  The options' parameter checks are with the others, in
+``test_fedgrad.py``.
 """
 
 from __future__ import annotations
@@ -13,24 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import E, G, HIGH, LOW, soft_client
 from fedgrad_core.defenses import ClientUpdate
 from fedgrad_core.defenses.fedgrad import FedGrad, soft_filter, soft_filter_threshold
-
-HIGH, LOW = 3.0, 1.0
-G = {
-    "body.weight": torch.tensor([[0.5, -0.25], [0.75, 1.0]]),
-    "body.bias": torch.tensor([0.25, -0.5]),
-    "fc.weight": torch.tensor([[0.5, -0.5], [0.25, 0.75], [-1.0, 0.5]]),
-    "fc.bias": torch.tensor([0.5, -0.25, 0.125]),
-}
-E = torch.full((3, 2), 0.25)
-
-
-def soft_client(cid: int, c: float, n: int = 1) -> ClientUpdate:
-    state = {k: v.clone() for k, v in G.items()}
-    state["fc.weight"] = state["fc.weight"] + c * E
-    return ClientUpdate(cid, state, n)
-
 
 # --------------------------------------------------------------------------- the threshold rule
 
@@ -68,6 +54,16 @@ def test_largest_gap_starts_at_zeta_when_zeta_is_below_the_median():
     assert gap_t == 0.75 and gap_mask.tolist() == [False, False, False, True]
 
 
+def test_largest_gap_ignores_a_gap_that_ends_exactly_at_eps1():
+    # Prepare: eps1 = min(0.5, median 0.5625) = 0.5.  The widest gap (0.125 -> 0.5) ends at
+    # eps1, where nobody is flagged; of the gaps ending above it the widest is 0.625 -> 0.875
+    scores = [0.0, 0.125, 0.5, 0.625, 0.875, 1.0]
+    # Execute
+    threshold, flagged = soft_filter(scores, rule="largest_gap")
+    # Assert
+    assert threshold == 0.625 and flagged.tolist() == [False] * 4 + [True] * 2
+
+
 def test_largest_gap_ties_choose_the_lowest_gap():
     # Prepare: eps1 = median = 0.5; gaps above it 0.25 and 0.25
     scores = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -82,25 +78,16 @@ def test_largest_gap_without_two_distinct_scores_above_eps1_is_eps1(scores):
 
 
 def test_threshold_rule_errors_name_the_problem():
-    with pytest.raises(ValueError, match="cannot be combined with 'largest_gap'"):
+    with pytest.raises(ValueError, match="^soft_filter_threshold needs at least one score$"):
+        soft_filter_threshold([])
+    with pytest.raises(
+        ValueError, match="^strict_factor scales the median threshold; it cannot be combined with 'largest_gap'$"
+    ):
         soft_filter_threshold([0.1, 0.9], strict_factor=0.35, rule="largest_gap")
-    with pytest.raises(ValueError, match=r"soft threshold rule must be one of \['median', 'largest_gap'\], got 'mean'"):
+    with pytest.raises(
+        ValueError, match=r"^soft threshold rule must be one of \['median', 'largest_gap'\], got 'mean'$"
+    ):
         soft_filter_threshold([0.1, 0.9], rule="mean")
-    with pytest.raises(ValueError, match="cannot be combined with 'largest_gap'"):
-        FedGrad(soft_threshold="largest_gap", strict_factor=0.35)
-    with pytest.raises(ValueError, match=r"soft_threshold must be one of \['median', 'largest_gap'\], got 'gap'"):
-        FedGrad(soft_threshold="gap")
-
-
-@pytest.mark.parametrize("decay", [0.0, -0.5, 1.5, float("nan"), True, "0.5"])
-def test_trust_decay_outside_0_1_is_refused(decay):
-    with pytest.raises(ValueError, match="trust_decay"):
-        FedGrad(trust_decay=decay)
-
-
-def test_defaults_are_the_papers_rules():
-    defense = FedGrad()
-    assert defense.soft_threshold == "median" and defense.trust_decay is None
 
 
 # --------------------------------------------------------------------------- through aggregate
