@@ -32,6 +32,8 @@ from fedgrad_core.defenses.fedgrad import (
     soft_filter,
     soft_filter_threshold,
 )
+from fedgrad_core.defenses.fedgrad_state import FedGradParams
+from fedgrad_core.defenses.fedgrad_variants import PAPER, Variant
 from fedgrad_core.models import make_model, ultimate_layer
 
 
@@ -613,3 +615,13 @@ def test_end_to_end_digits_blackbox():
     assert fedgrad_run.main_acc.iloc[-1] >= fedavg_run.main_acc.iloc[-1] - 0.02
     assert fedgrad_run.tpr.dropna().mean() >= 0.9
     assert any(d["hard_active"] for d in fedgrad_run.defense)
+
+
+def test_the_parameter_classes_default_to_the_defenses_defaults():
+    # Execute / Assert: FedGradParams, Variant and the registered class agree on every default
+    defense = FedGrad()
+    assert FedGradParams() == defense.params and Variant() == defense.variant == PAPER
+    # the parameters read as attributes; anything else is an ordinary AttributeError
+    assert (defense.zeta, defense.use_hard, defense.trust_decay) == (0.5, True, None)
+    with pytest.raises(AttributeError, match="^'FedGrad' object has no attribute 'nope'$"):
+        defense.nope  # noqa: B018

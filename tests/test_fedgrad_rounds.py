@@ -14,7 +14,8 @@ from torch import nn
 from conftest import E, G, HIGH, LOW, client, soft_client, tiny_global
 from fedgrad_core.defenses import ClientUpdate
 from fedgrad_core.defenses.base import Layout
-from fedgrad_core.defenses.fedgrad import FedGrad, parameter_columns, parameter_keys
+from fedgrad_core.defenses.fedgrad import FedGrad, fedgrad_round, parameter_columns, parameter_keys
+from fedgrad_core.defenses.fedgrad_state import FedGradHistory, FedGradParams
 
 
 def soft_only(**params) -> FedGrad:
@@ -501,3 +502,19 @@ def test_pair_history_grows_past_its_first_capacity():
     assert n[:20, :20].min() == 2 and n[20:, :].max() == 1 and n[:, 20:].max() == 1
     same = (np.arange(40)[:, None] % 3) == (np.arange(40)[None, :] % 3)
     np.testing.assert_array_equal(pair_block(defense, "pair_b", range(40)), same.astype(np.float32))
+
+
+def test_fedgrad_round_is_the_defenses_round():
+    # Prepare: the plain function with a fresh history and the parameters alone (the paper's
+    # rule, no variant), beside the registered defense with the same parameters
+    params = {"switch_round": 1, "num_attackers_estimate": 1}
+    defense, history = FedGrad(**params), FedGradHistory()
+    rounds = [[soft_client(c, HIGH if (c + r) % 3 == 0 else LOW, n=1 + c % 2) for c in range(5)] for r in range(3)]
+    # Execute / Assert: the same decisions, models and history, round after round
+    for r, updates in enumerate(rounds):
+        a = fedgrad_round(history, G, updates, r, params=FedGradParams(**params))
+        b = defense.aggregate(G, updates, r)
+        assert a.flagged == b.flagged and a.diagnostics == b.diagnostics
+        assert all(torch.equal(a.global_state[k], b.global_state[k]) for k in G)
+    mine, its = history.state_dict(), defense.state_dict()
+    assert all(torch.equal(mine[k], its[k]) and mine[k].dtype == its[k].dtype for k in mine)
