@@ -21,6 +21,7 @@ K = 10, 10 rounds, the settings below): with 100 inputs the flagged sets equal t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -84,14 +85,11 @@ def main() -> None:
         validate(config)
         device = sim.resolve_device(config.device)
         run = sim.setup_run(config, device)
-        if config.pretrain_epochs:
-            run.model.load_state_dict(sim.pretrained_state(config, run.task, device))
+        sim.load_pretrained(run, config, device)
         other = DeepSight(model_factory=run.defense.model_factory, num_noise_samples=args.samples)
         twin = _Twin(run.defense, other)
-        for r in range(1, config.rounds + 1):
-            sim.run_round(
-                config, r, run.model, run.worker, twin, run.attack, run.task, run.backdoor, run.shards, run.pool, device
-            )
+        for _ in sim.play_rounds(config, dataclasses.replace(run, defense=twin), device, range(1, config.rounds + 1)):
+            pass
         agree = sum(a == b for _, a, b, _, _ in twin.rows)
         for r, a, b, ta, tb in twin.rows:
             print(f"{dataset} round {r:2d}: 2,000 inputs flag {a} ({ta:.1f} s); {args.samples} flag {b} ({tb:.1f} s)")
