@@ -331,6 +331,19 @@ def _signed(value: float, decimals: int) -> str:
     return text.replace("-", "−")
 
 
+def seed_mean(values: Iterable[float]) -> float:
+    """The mean of ``values``, kept inside their range.
+
+    Float rounding can put the mean of equal values one unit in the last place outside them (the
+    mean of three 0.29s is 0.29000000000000004); seaborn's min-max error bars then have a negative
+    length, which matplotlib refuses.  Use as the estimator beside ``errorbar=("pi", 100)``.
+    """
+    array = [float(v) for v in values]
+    if not array:
+        raise ValueError("seed_mean of no values")
+    return min(max(math.fsum(array) / len(array), min(array)), max(array))
+
+
 def format_range(mean: float, low: float, high: float, decimals: int = 1, *, n: int = 2, signed: bool = False) -> str:
     """One cell: "7.2 [5.0–9.1]" (mean [min–max]), or with ``signed`` "−3.1 [−5.0–+1.2]" (a
     difference: every sign shown, a true minus sign); only the mean when ``n`` (the number of seeds

@@ -323,3 +323,24 @@ def test_trust_clearing_counts_benign_and_attacker_clearings_per_run():
     # Assert: suspicious benign {5, 7} + {7, 8} + {9} = 5 client-rounds; cleared benign 1 + 2
     assert row == {"label": "FedGrad", "seed": 1, "suspicious benign": 5, "benign cleared": 3,
                    "benign clients cleared": 2, "attackers cleared": 1, "attacker rounds": 3}
+
+
+def test_seed_mean_stays_inside_the_range_of_equal_values_and_is_the_mean_otherwise():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    from fedgrad_core.report import seed_mean
+
+    # Prepare: three equal values whose float mean lies one ulp above them, and distinct values
+    equal, below = [0.1, 0.1, 0.1], [0.7, 0.7, 0.7]
+    assert sum(equal) / 3 > 0.1 and sum(below) / 3 < 0.7  # the rounding the estimator guards against
+
+    # Execute / Assert
+    assert seed_mean(equal) == 0.1 and seed_mean(below) == 0.7
+    assert seed_mean([0.1, 0.4, 0.7]) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="no values"):
+        seed_mean([])
+    data = pd.DataFrame({"x": [0, 0, 0, 1, 1, 1, 2, 2, 2], "y": equal + below + [0.1, 0.4, 0.7]})
+    sns.lineplot(data=data, x="x", y="y", estimator=seed_mean, errorbar=("pi", 100), err_style="bars")
