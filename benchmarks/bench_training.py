@@ -11,7 +11,9 @@ the data set's shape: speed does not depend on the pixels) is trained three ways
 
 It prints samples/s, the overhead of the sequential loop over the floor (target <= 1.25x), the
 speed-up of batching over the floor, and which mode ``client_batching="auto"`` picks.  A second
-table times evaluation (``training.predict``) at several batch sizes.
+table times evaluation (``training.predict``) at several batch sizes.  A third (``--layout``)
+times the CPU's channels-last layout (``training.CPU_CHANNELS_LAST``) against the default one,
+for sequential training and evaluation, at the quick profile's client sizes.
 
     python benchmarks/bench_training.py                 # every model, about 2 minutes on 2 cores
     python benchmarks/bench_training.py --models lenet --repeats 5
@@ -34,6 +36,7 @@ from benchlib import hardware, interleaved_medians
 from fedgrad_core.data.task import Split
 from fedgrad_core.models import make_model
 from fedgrad_core.simulation import BATCHED_BY_DEFAULT, train_clients, use_client_batching
+from fedgrad_core import training
 from fedgrad_core.training import LocalTraining, predict
 
 #: model: (input shape, clients K, mean samples per client, local epochs).  VGG-9 gets few samples:
@@ -132,12 +135,57 @@ def bench_eval(name: str, repeats: int, n: int = 2048, device: str = "cpu") -> N
     print(f"{name:<11} " + " ".join(f"{n / t[str(bs)]:>9.0f}" for bs in sizes), flush=True)
 
 
+#: The quick profile's rounds: K = 10 clients of 75 MNIST / 125 CIFAR-10 images, 1 local epoch.
+QUICK_SIZES = {"cnn_mnist": ((1, 28, 28), 10, 75, 1), "vgg9_slim": ((3, 32, 32), 10, 125, 1)}
+
+
+def bench_layout(name: str, repeats: int) -> None:
+    """Channels-last against the default layout on the CPU, sequential training and evaluation."""
+    shape, k, mean_size, epochs = QUICK_SIZES[name]
+    clients = synthetic_clients(shape, k, mean_size)
+    settings = LocalTraining(lr=0.02, epochs=epochs, batch_size=32)
+    model = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
+    global_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    worker = make_model(name, in_channels=shape[0], num_classes=10, seed=0)
+    data = dict(enumerate(clients))
+    x = torch.randn(1000, *shape, generator=torch.Generator().manual_seed(1))
+
+    def with_layout(fast: bool, fn: Callable[[], object]) -> Callable[[], object]:
+        def call() -> None:
+            training.CPU_CHANNELS_LAST = fast
+            try:
+                fn()
+            finally:
+                training.CPU_CHANNELS_LAST = True
+
+        return call
+
+    def train(batched: bool = False) -> None:
+        gens = {c: torch.Generator().manual_seed(100 + c) for c in data}
+        train_clients(worker, global_state, data, gens, settings, "cpu", batched=batched)
+
+    def evaluate() -> None:
+        predict(model, x)
+
+    jobs = {"train default": with_layout(False, train), "train channels-last": with_layout(True, train),
+            "eval default": with_layout(False, evaluate), "eval channels-last": with_layout(True, evaluate)}
+    if training.supports_batched(model):
+        jobs["train batched"] = with_layout(True, lambda: train(True))
+        jobs["train batched"]()  # vmap's first call traces the model: not part of a round's cost
+    t = interleaved_medians(jobs, repeats)
+    batched = f" {t['train batched'] / t['train channels-last']:>8.2f}x" if "train batched" in t else " " * 10
+    print(f"{name:<11} {t['train default']:>8.2f} s {t['train channels-last']:>8.2f} s "
+          f"{t['train default'] / t['train channels-last']:>8.2f}x{batched} {t['eval default']:>8.2f} s "
+          f"{t['eval channels-last']:>8.2f} s {t['eval default'] / t['eval channels-last']:>8.2f}x", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-eval", action="store_true")
+    parser.add_argument("--layout", action="store_true", help="only the channels-last comparison (CPU)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--sizes", choices=["bench", "paper"], default="bench",
                         help="bench: small rounds for a 2-core CPU; paper: the paper's rounds (for a GPU)")
@@ -147,6 +195,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     sizes = PAPER_SETTINGS if args.sizes == "paper" else SETTINGS
     print(hardware())
+    if args.layout:
+        print(f"CPU layout, {args.threads} thread(s), median of {args.repeats}, alternating; quick rounds "
+              f"(K, mean samples per client, epochs): {QUICK_SIZES}")
+        print(f"{'model':<11} {'train default':>10} {'channels-last':>10} {'speed-up':>9} {'vs batched':>9} "
+              f"{'eval 1000 default':>10} {'channels-last':>10} {'speed-up':>9}")
+        for name in QUICK_SIZES:
+            bench_layout(name, args.repeats)
+        print("(speed-up = default time / channels-last time; vs batched = batched time / channels-last "
+              "sequential time, for models that can be batched)")
+        return
     print(f"device {args.device}, {args.sizes} sizes (model: input shape, K, mean samples per client, "
           f"epochs): {sizes}")
     print(f"local training, samples/s (median of {args.repeats}, alternating); batch 32, lr 0.02, momentum 0.9")
