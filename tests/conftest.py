@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from packaging.utils import canonicalize_name
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -162,3 +167,41 @@ def kmeans_calls(monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(sklearn.cluster, "KMeans", Recording)
     return seen
+
+
+# --------------------------------------------------------------------------- the lock and the wheel
+# Shared by test_dependencies.py and test_wheel_install.py (``from conftest import ...``).
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements" / "lock.txt"
+
+
+def read_pins(text: str) -> dict[str, str]:
+    """``name==version`` lines of a pip constraints file (comments and blank lines skipped)."""
+    pins: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
+        assert match, f"line {number} is not name==version: {raw!r}"
+        name = canonicalize_name(match.group(1))
+        assert name not in pins, f"{name} is locked twice"
+        pins[name] = match.group(2)
+    return pins
+
+
+def build_wheel(out: Path) -> Path:
+    """``pip wheel`` of a copy of the package's sources (the build leaves build/ and egg-info in the
+    tree it builds), without dependencies and without build isolation: this environment's
+    setuptools, no download."""
+    src = out / "src"
+    src.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "fedgrad_core", src / "fedgrad_core", ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out)]
+    done = subprocess.run([*pip, str(src)], capture_output=True, text=True)
+    assert done.returncode == 0, f"pip wheel failed:\n{done.stderr[-3000:]}"
+    (wheel,) = out.glob("fedgrad_core-*.whl")
+    return wheel

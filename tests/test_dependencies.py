@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
-import shutil
-import subprocess
-import sys
 import tomllib
 import zipfile
 from pathlib import Path
@@ -16,8 +13,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
-LOCK = ROOT / "requirements" / "lock.txt"
+from conftest import LOCK, ROOT, build_wheel, read_pins  # shared with test_wheel_install.py
+
 OLDEST = ROOT / "requirements" / "oldest.txt"
 
 #: Extras that drive this repository's own checks: pinned with ==, equal to the lock.
@@ -39,21 +36,6 @@ def _all_requirements() -> list[Requirement]:
     for extra in _project()["optional-dependencies"]:
         out += _requirements(extra)
     return out
-
-
-def read_pins(text: str) -> dict[str, str]:
-    """``name==version`` lines of a pip constraints file (comments and blank lines skipped)."""
-    pins: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
-        assert match, f"line {number} is not name==version: {raw!r}"
-        name = canonicalize_name(match.group(1))
-        assert name not in pins, f"{name} is locked twice"
-        pins[name] = match.group(2)
-    return pins
 
 
 def _environment_pins() -> dict[str, str]:
@@ -129,22 +111,6 @@ def _public(version: str) -> str:
 @pytest.mark.parametrize("package", ["torch", "torchvision"])
 def test_the_locked_torch_pair_is_the_one_installed(package):
     assert _public(importlib.metadata.version(package)) == read_pins(LOCK.read_text())[package]
-
-
-def build_wheel(out: Path) -> Path:
-    """``pip wheel`` of a copy of the package's sources (the build leaves build/ and egg-info in the
-    tree it builds), without dependencies and without build isolation: this environment's
-    setuptools, no download."""
-    src = out / "src"
-    src.mkdir(parents=True)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(ROOT / "fedgrad_core", src / "fedgrad_core", ignore=shutil.ignore_patterns("__pycache__"))
-    pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out)]
-    done = subprocess.run([*pip, str(src)], capture_output=True, text=True)
-    assert done.returncode == 0, f"pip wheel failed:\n{done.stderr[-3000:]}"
-    (wheel,) = out.glob("fedgrad_core-*.whl")
-    return wheel
 
 
 def wheel_requirements(wheel: Path) -> list[Requirement]:

@@ -14,7 +14,7 @@ import textwrap
 import time
 
 import pytest
-from test_dependencies import LOCK, ROOT, build_wheel, read_pins  # the same wheel build as the metadata test
+from conftest import LOCK, ROOT, build_wheel, read_pins  # the same wheel build as the metadata test
 
 #: pip's words for "no index to download from" (offline machine, no proxy): the test skips on these.
 NO_INDEX = (
