@@ -1,7 +1,8 @@
 """Aggregation rules: FedAvg, FedGrad and the robust baselines, behind one registry.
 
 ``make_defense(name, **params)`` builds any of them; each module holds one method named after its
-paper and registers itself on import.
+paper and registers itself on import (FedGrad's parameters and history, and its options beyond the
+paper, are in ``fedgrad_state`` and ``fedgrad_variants``).
 """
 
 from fedgrad_core.defenses.base import (
