@@ -266,8 +266,10 @@ def fedgrad_round(
 
 @register("fedgrad")
 class FedGrad(Defense):
-    """FedGrad's soft filter, hard filter and trust score (see the module docstring); the
-    parameters are ``FedGradParams``' and ``fedgrad_variants.Variant``'s, readable as attributes."""
+    """FedGrad's soft filter, hard filter and trust score (see the module docstring).
+
+    The parameters are ``FedGradParams``' and ``fedgrad_variants.Variant``'s, readable as attributes.
+    """
 
     name = "fedgrad"
     state_version = 1
