@@ -152,11 +152,11 @@ def bench_layout(name: str, repeats: int) -> None:
 
     def with_layout(fast: bool, fn: Callable[[], object]) -> Callable[[], object]:
         def call() -> None:
-            training.CPU_CHANNELS_LAST = fast
+            before, training.CPU_CHANNELS_LAST = training.CPU_CHANNELS_LAST, fast
             try:
                 fn()
             finally:
-                training.CPU_CHANNELS_LAST = True
+                training.CPU_CHANNELS_LAST = before  # the module's own setting, whatever it was
 
         return call
 
