@@ -44,21 +44,18 @@ import torch
 from torch import Tensor
 
 from fedgrad_core.defenses import fedgrad_variants as variants
-from fedgrad_core.defenses.base import Aggregate, ClientUpdate, Defense, Layout, State, register, sample_weights
-from fedgrad_core.defenses.base import copy_state, sorted_updates, stack_states, sum_of_nearest, weighted_average
-
-# Shared geometry, importable from this module as before (notebooks, the book's API page).
-from fedgrad_core.defenses.base import column_min_max, cosine_matrix, cosine_to, find_ultimate_layer
-from fedgrad_core.defenses.base import min_max_scale, normalize_rows, pairwise_sq_distances
-from fedgrad_core.defenses.base import parameter_columns, parameter_keys
-from fedgrad_core.defenses.krum import krum_scores  # noqa: F401  (Krum's score, as the book's API page has it)
+from fedgrad_core.defenses.base import Aggregate, ClientUpdate, Defense, Layout, State, copy_state, register
+from fedgrad_core.defenses.base import sample_weights, sorted_updates, stack_states, sum_of_nearest, weighted_average
 from fedgrad_core.defenses.fedgrad_state import FedGradHistory, FedGradParams, parameter_names
 from fedgrad_core.defenses.fedgrad_variants import PAPER, Variant
 
+# Shared geometry and Krum's score, importable from here as before (notebooks, the book's API page).
+from fedgrad_core.defenses.base import column_min_max, cosine_matrix, cosine_to, find_ultimate_layer, min_max_scale
+from fedgrad_core.defenses.base import normalize_rows, pairwise_sq_distances, parameter_columns, parameter_keys
+from fedgrad_core.defenses.krum import krum_scores  # noqa: F401
+
 
 # --------------------------------------------------------------------------- soft filter (4.2)
-
-
 def compromising_scores(ultimate_weights: Tensor, weights: Tensor, previous: Tensor) -> np.ndarray:
     """Raw scores ``cos(W_i - W*, W* - W_prev)``: K x p flattened ultimate weights, sample
     weights (need not be normalised), the previous global ultimate weight (p)."""
@@ -95,8 +92,6 @@ def soft_filter(
 
 
 # --------------------------------------------------------------------------- hard filter (4.3)
-
-
 def by_class_vectors(weight_change: np.ndarray, bias_vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised (row sums of the K x v x u weight change, K x v bias vector)."""
     return normalize_rows(np.asarray(weight_change, dtype=np.float64).sum(axis=2)), normalize_rows(bias_vector)
@@ -146,8 +141,6 @@ def hard_filter_split(
 
 
 # --------------------------------------------------------------------------- trust score (4.4)
-
-
 def clear_trusted(
     suspicious: np.ndarray, trust: np.ndarray, *, gamma: float, fallback: Optional[np.ndarray] = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -161,8 +154,6 @@ def clear_trusted(
 
 
 # --------------------------------------------------------------------------- the round
-
-
 def fedgrad_round(
     history: FedGradHistory,
     global_state: State,
@@ -177,9 +168,8 @@ def fedgrad_round(
     ids = [int(u.client_id) for u in updates]
     k = len(updates)
     wkey, bkey = params.ultimate_layer or find_ultimate_layer(global_state)
-    for key in (wkey, bkey):
-        if key not in global_state:
-            raise ValueError(f"ultimate layer key {key!r} is not in the model's state")
+    if missing := [key for key in (wkey, bkey) if key not in global_state]:
+        raise ValueError(f"ultimate layer key {missing[0]!r} is not in the model's state")
     weights = sample_weights(updates)
     later = round_idx >= params.switch_round
     w_prev = global_state[wkey].detach().to(torch.float64)  # classes x features: small, float64
@@ -190,37 +180,38 @@ def fedgrad_round(
     # soft filter: scored every round, so that the running means are complete
     raw = compromising_scores(w_all.reshape(k, -1), weights, w_prev.reshape(-1))
     cumulative = history.fold_soft(ids, min_max_scale(raw))
-    threshold, s1 = soft_filter(
-        cumulative, zeta=params.zeta, strict_factor=params.strict_factor, rule=variant.soft_threshold
-    )
+    cut, s1 = soft_filter(cumulative, zeta=params.zeta, strict_factor=params.strict_factor, rule=variant.soft_threshold)
     s1 = s1 & variant.use_soft
 
     # hard filter: history from the first round, acting from switch_round
-    s2, closeness, labels, rows = np.zeros(k, dtype=bool), None, None, None
+    s2, closeness, labels, rows, layout = np.zeros(k, dtype=bool), None, None, None, Layout.of(global_state)
+
+    def closeness_of() -> np.ndarray:  # the full models' closeness (sets ``rows``) or the ultimate layer's
+        nonlocal rows
+        f = params.num_attackers(k)
+        if params.closeness == "ultimate":
+            return closeness_scores(torch.cat([(w_all - w_prev).reshape(k, -1), b_all - b_prev], dim=1), f)
+        rows = stack_states(updates, layout)
+        columns = parameter_columns(layout, parameter_keys(global_state, params.parameter_names))
+        return closeness_scores(rows, f, center=layout.flatten(global_state), columns=columns)
+
     if variant.use_hard:
-        if params.gradient == "update":
-            w_change = w_all - w_prev
-        else:
-            w_star = (weights / weights.sum()) @ w_all.reshape(k, -1)
-            w_change = w_all - w_star.reshape(w_prev.shape)
-        bias_vec = b_all - b_prev if params.bias == "update" else b_all
-        acc_w, acc_b = history.fold_pairs(
-            ids, *round_similarities(*by_class_vectors(w_change.numpy(), bias_vec.numpy()))
-        )
+        w_star = ((weights / weights.sum()) @ w_all.reshape(k, -1)).reshape(w_prev.shape)
+        w_change = w_all - (w_prev if params.gradient == "update" else w_star)
+        b_change = b_all - b_prev if params.bias == "update" else b_all
+        similarities = round_similarities(*by_class_vectors(w_change.numpy(), b_change.numpy()))
+        acc_w, acc_b = history.fold_pairs(ids, *similarities)
         if later and k >= 4:
-            f = params.num_attackers(k)
-            if params.closeness == "full":
-                layout = Layout.of(global_state)
-                rows = stack_states(updates, layout)
-                columns = parameter_columns(layout, parameter_keys(global_state, params.parameter_names))
-                closeness = closeness_scores(rows, f, center=layout.flatten(global_state), columns=columns)
-            else:
-                closeness = closeness_scores(torch.cat([(w_all - w_prev).reshape(k, -1), b_all - b_prev], dim=1), f)
+            closeness = closeness_of()
             attributes = np.concatenate([acc_w, acc_b], axis=1)
             s2, labels = hard_filter_split(attributes, closeness, seed=params.seed, n_init=params.kmeans_n_init)
+    s3 = np.zeros(k, dtype=bool)  # hardened: closeness outliers, every round (fedgrad_variants)
+    if variant.closeness_mad is not None and k >= 4:
+        closeness = closeness_of() if closeness is None else closeness
+        s3 = variants.closeness_outliers(closeness, k=variant.closeness_mad)
 
     # trust: the mean before this round's entry decides; the entry records the final decision
-    suspicious = s1 | s2
+    suspicious = s1 | s2 | s3
     trust = np.array([history.trust_of(c) for c in ids])
     final, cleared = suspicious, np.zeros(k, dtype=bool)
     if variant.use_trust and later:
@@ -232,36 +223,30 @@ def fedgrad_round(
     keep = ~final
     if not keep.any():
         new_state = copy_state(global_state)
-    elif rows is None:
-        layout = Layout.of(global_state)
+    elif rows is None and not variant.clip_to_median:
         kept = stack_states([u for u, ok in zip(updates, keep) if ok], layout)
         new_state = layout.unflatten(weighted_average(kept, weights[torch.from_numpy(keep)]), global_state)
     else:  # weight 0 for the dropped rows (all finite): no K' x d copy of the kept ones
+        rows = stack_states(updates, layout) if rows is None else rows
+        if variant.clip_to_median:  # hardened: no kept change longer than the kept median
+            rows = variants.clip_rows(rows, layout.flatten(global_state), keep)
         kept_weights = torch.where(torch.from_numpy(keep), weights, torch.zeros_like(weights))
         new_state = layout.unflatten(weighted_average(rows, kept_weights), global_state)
 
-    def by_id(values: np.ndarray) -> dict[str, float]:
-        return {str(c): float(v) for c, v in zip(ids, values)}
+    def by_id(values: Optional[np.ndarray]) -> dict[str, float]:
+        return {} if values is None else {str(c): float(v) for c, v in zip(ids, values)}
 
-    def members(mask: np.ndarray) -> list[int]:
-        return [c for c, m in zip(ids, mask) if m]
-
-    diagnostics: dict[str, Any] = {
-        "s1": members(s1),
-        "s2": members(s2),
-        "cleared": members(cleared),
-        "suspicious": members(final),
-        "soft_scores": by_id(cumulative),
-        "soft_threshold": float(threshold),
-        "trust": by_id(trust),
-        "hard_active": closeness is not None,
-        "closeness": by_id(closeness) if closeness is not None else {},
-    }
+    masks = {"s1": s1, "s2": s2, "cleared": cleared, "suspicious": final}
+    if variant.closeness_mad is not None:
+        masks["s3"] = s3
+    diagnostics: dict[str, Any] = {key: [c for c, m in zip(ids, mask) if m] for key, mask in masks.items()}
+    diagnostics.update(soft_scores=by_id(cumulative), soft_threshold=float(cut), trust=by_id(trust))
+    diagnostics.update(hard_active=closeness is not None, closeness=by_id(closeness))
     if labels is not None:
         diagnostics["clusters"] = {str(c): int(v) for c, v in zip(ids, labels)}
     if not keep.any():
         diagnostics["kept_previous_model"] = "every client was suspicious"
-    return Aggregate(new_state, frozenset(members(final)), diagnostics)
+    return Aggregate(new_state, frozenset(diagnostics["suspicious"]), diagnostics)
 
 
 @register("fedgrad")
@@ -275,30 +260,15 @@ class FedGrad(Defense):
     state_version = 1
 
     def __init__(
-        self,
-        *,
-        zeta: float = 0.5,
-        gamma: float = 0.75,
-        lambda1: float = 0.25,
-        lambda2: float = 1.0,
-        switch_round: int = 50,
-        use_soft: bool = True,
-        use_hard: bool = True,
-        use_trust: bool = True,
-        num_attackers_estimate: Optional[int] = None,
-        attacker_fraction: float = 0.25,
-        strict_factor: Optional[float] = None,
-        gradient: str = "authors",
-        bias: str = "update",
-        closeness: str = "full",
-        fallback: str = "s1",
-        kmeans_n_init: int = 10,
-        seed: int = 0,
-        ultimate_layer: Optional[Sequence[str]] = None,
-        model_factory: Optional[Callable[[], torch.nn.Module]] = None,
-        soft_threshold: str = "median",
-        trust_decay: Optional[float] = None,
-    ) -> None:
+        self, *, zeta: float = 0.5, gamma: float = 0.75, lambda1: float = 0.25, lambda2: float = 1.0,
+        switch_round: int = 50, use_soft: bool = True, use_hard: bool = True, use_trust: bool = True,
+        num_attackers_estimate: Optional[int] = None, attacker_fraction: float = 0.25,
+        strict_factor: Optional[float] = None, gradient: str = "authors", bias: str = "update",
+        closeness: str = "full", fallback: str = "s1", kmeans_n_init: int = 10, seed: int = 0,
+        ultimate_layer: Optional[Sequence[str]] = None, model_factory: Optional[Callable[[], torch.nn.Module]] = None,
+        soft_threshold: str = "median", trust_decay: Optional[float] = None,
+        closeness_mad: Optional[float] = None, clip_to_median: bool = False,
+    ) -> None:  # fmt: skip
         self.params = FedGradParams(
             zeta=zeta, gamma=gamma, lambda1=lambda1, lambda2=lambda2, switch_round=switch_round,
             num_attackers_estimate=num_attackers_estimate, attacker_fraction=attacker_fraction,
@@ -306,16 +276,16 @@ class FedGrad(Defense):
             kmeans_n_init=kmeans_n_init, seed=seed, ultimate_layer=ultimate_layer,
             parameter_names=parameter_names(model_factory),
         )  # fmt: skip
-        self.variant = Variant(soft_threshold, trust_decay, use_soft, use_hard, use_trust)
+        self.variant = Variant(
+            soft_threshold, trust_decay, use_soft, use_hard, use_trust, closeness_mad, clip_to_median
+        )  # fmt: skip
         if soft_threshold == "largest_gap" and strict_factor is not None:
             raise ValueError("strict_factor scales the median threshold; it cannot be combined with 'largest_gap'")
         self.history = FedGradHistory(self.variant.trust_decay)
 
-    def __getattr__(self, name: str) -> Any:
-        # ``defense.zeta`` and the like, as before the parameters moved to their dataclasses
-        for part in ("params", "variant"):
-            holder = self.__dict__.get(part)
-            if holder is not None and name in holder.__dataclass_fields__:
+    def __getattr__(self, name: str) -> Any:  # ``defense.zeta``: the fields of ``params`` and ``variant``
+        for holder in (self.__dict__.get("params"), self.__dict__.get("variant")):
+            if name in getattr(holder, "__dataclass_fields__", ()):
                 return getattr(holder, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
