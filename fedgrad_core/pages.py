@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, MutableMapping, Optional, Sequence
 
 from fedgrad_core.config import ExperimentConfig
+from fedgrad_core.defenses.base import accepted_params
 from fedgrad_core.report import provenance_line
 from fedgrad_core.results import RunResult
 from fedgrad_core.runs import run_many
@@ -33,6 +34,7 @@ DISPLAY_NAMES = {
     "flame": "FLAME",
     "deepsight": "DeepSight",
     "fedgrad": "FedGrad",
+    "fedgrad_plus": "FedGrad+ (ours)",
     "none": "no attack",
     "blackbox": "black-box",
     "pgd": "PGD",
@@ -230,13 +232,14 @@ class Page:
     ) -> ExperimentConfig:
         """One run of this page: its parameters for ``dataset`` (phi partition), then ``changes``.
 
-        FedGrad gets the page's ``switch_round``, DeepSight its ``deepsight_noise_samples`` (when
-        set), the edge-case attacks ``edge_examples[dataset]`` (when set); ``defense_params`` are
+        Every defense that accepts them gets the page's ``switch_round`` (FedGrad and its
+        variants) and ``deepsight_noise_samples`` as ``num_noise_samples`` (DeepSight; when set),
+        the edge-case attacks ``edge_examples[dataset]`` (when set); ``defense_params`` are
         added to those.
         """
-        params: dict[str, Any] = {"switch_round": self.switch_round} if defense == "fedgrad" else {}
-        if defense == "deepsight" and self.deepsight_noise_samples is not None:
-            params["num_noise_samples"] = self.deepsight_noise_samples
+        page_level = {"switch_round": self.switch_round, "num_noise_samples": self.deepsight_noise_samples}
+        accepted = accepted_params(defense)
+        params: dict[str, Any] = {k: v for k, v in page_level.items() if k in accepted and v is not None}
         params.update(defense_params or {})
         settings: dict[str, Any] = dict(
             dataset=dataset,

@@ -41,7 +41,7 @@ REGENERATE = os.environ.get("FEDGRAD_GOLDEN_REGENERATE") == "1"
 ROUNDS = 4
 TOL = 1e-6
 #: Per-defense parameters beyond the run's context: FedGrad's hard filter and trust act from round 2.
-PARAMS: dict[str, dict[str, Any]] = {"fedgrad": {"switch_round": 2}}
+PARAMS: dict[str, dict[str, Any]] = {"fedgrad": {"switch_round": 2}, "fedgrad_plus": {"switch_round": 2}}
 BUILTIN = sorted(n for n in available_defenses() if REGISTRY.source(n).startswith("fedgrad_core."))
 #: FedGrad's options, each case under its own name: (defense, parameters).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -17,6 +17,20 @@ variants belong here too.
   no trust; hard only: no soft, no trust; union: no trust).  Switched off, the soft filter still
   scores (its history stays complete) but flags nobody; the hard filter keeps no history; the
   trust is still recorded but clears nobody.
+
+Hardened options (beyond the paper, against an attacker who keeps its ultimate layer benign):
+
+- ``closeness_mad=k``: a third filter.  The closeness score (Krum's score of the full models,
+  which the paper uses only to name the benign cluster) is computed every round, and a client
+  whose score lies above ``median + k x MAD`` (MAD scaled by 1.4826, a normal's standard
+  deviation) joins the suspicious set before the trust score (``closeness_outliers``).
+  Assumption: an attacker's full model lies farther from its nearest ``K - f - 2`` neighbours
+  than a benign client's, even when its ultimate layer is benign.
+- ``clip_to_median=True``: after the filters, each kept client's change of the whole model is
+  clipped to the median L2 norm of the kept changes before averaging (FLAME's clipping bound,
+  Nguyen et al., USENIX Security 2022), so a passed attacker moves the model at most as far as a
+  typical benign client (``clip_rows``).
+- ``FEDGRAD_PLUS``: the preset registered as the defense ``fedgrad_plus``.
 """
 
 from __future__ import annotations
@@ -25,6 +39,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+
+import torch
+from torch import Tensor
 
 from fedgrad_core.defenses.base import check_bool, check_choice, check_real
 
@@ -40,19 +57,54 @@ class Variant:
     use_soft: bool = True
     use_hard: bool = True
     use_trust: bool = True
+    closeness_mad: Optional[float] = None
+    clip_to_median: bool = False
 
     def __post_init__(self) -> None:
-        for flag in ("use_soft", "use_hard", "use_trust"):
+        for flag in ("use_soft", "use_hard", "use_trust", "clip_to_median"):
             check_bool(flag, getattr(self, flag))
         if not (self.use_soft or self.use_hard):
             raise ValueError("use_soft and use_hard are both False: FedGrad would flag nobody")
         check_choice("soft_threshold", self.soft_threshold, SOFT_THRESHOLD_CHOICES)
         if self.trust_decay is not None:
             object.__setattr__(self, "trust_decay", check_real("trust_decay", self.trust_decay, 0.0, 1.0, lo_open=True))
+        if self.closeness_mad is not None:
+            object.__setattr__(self, "closeness_mad", check_real("closeness_mad", self.closeness_mad, 0.0, 100.0))
+
+    @property
+    def hardened(self) -> bool:
+        """True when a hardened option is on (the round then computes the closeness every round)."""
+        return self.closeness_mad is not None or self.clip_to_median
 
 
 #: The paper's rule.
 PAPER = Variant()
+
+#: The preset registered as ``fedgrad_plus``: the paper's rule, the closeness filter at 2 MADs, and
+#: clipping to the median norm (the sweep behind the choice: the book's chapter "Beyond the paper").
+FEDGRAD_PLUS = dict(closeness_mad=2.0, clip_to_median=True)
+
+#: A normal distribution's standard deviation in MADs: ``MAD x 1.4826`` estimates it.
+MAD_TO_SD = 1.4826
+
+
+def closeness_outliers(closeness: np.ndarray, *, k: float) -> np.ndarray:
+    """Mask of the scores above ``median + k x 1.4826 x MAD``; with MAD 0, of those above the median."""
+    scores = np.asarray(closeness, dtype=np.float64)
+    median = float(np.median(scores))
+    mad = MAD_TO_SD * float(np.median(np.abs(scores - median)))
+    return scores - median > k * mad
+
+
+def clip_rows(rows: Tensor, center: Tensor, keep: np.ndarray) -> Tensor:
+    """``rows`` with every kept row's change ``row - center`` scaled down to the median L2 norm of
+    the kept changes (rows not kept are returned unchanged; they get weight 0 in the average)."""
+    keep_t = torch.from_numpy(np.asarray(keep, dtype=bool))
+    deltas = rows.to(torch.float64) - center.to(torch.float64)
+    norms = torch.linalg.vector_norm(deltas, dim=1)
+    bound = float(np.median(norms[keep_t].numpy())) if keep_t.any() else 0.0
+    factor = torch.where(keep_t & (norms > bound), bound / norms.clamp_min(1e-30), torch.ones_like(norms))
+    return (center.to(torch.float64) + deltas * factor[:, None]).to(rows.dtype)
 
 
 def largest_gap_threshold(values: np.ndarray, eps1: float) -> float:
