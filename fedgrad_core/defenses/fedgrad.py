@@ -31,7 +31,7 @@ Where paper and authors' code differ or are silent (``*``: this reproduction's o
 - ``*`` KMeans seeded; no ``S2`` below 4 clients or for identical rows; clients taken in id order.
 - Everybody suspicious: the previous model is kept.
 
-Options beyond the paper (threshold rule, forgiving trust, Table 4's switches): ``fedgrad_variants``.
+Options beyond the paper (threshold rule, forgiving trust, Table 4's switches, hardening): ``fedgrad_variants``.
 """
 
 from __future__ import annotations
@@ -59,8 +59,7 @@ from fedgrad_core.defenses.krum import krum_scores  # noqa: F401
 def compromising_scores(ultimate_weights: Tensor, weights: Tensor, previous: Tensor) -> np.ndarray:
     """Raw scores ``cos(W_i - W*, W* - W_prev)``: K x p flattened ultimate weights, sample
     weights (need not be normalised), the previous global ultimate weight (p)."""
-    rows = ultimate_weights.to(torch.float64)
-    w = weights.to(torch.float64)
+    rows, w = ultimate_weights.to(torch.float64), weights.to(torch.float64)
     w_star = (w / w.sum()) @ rows
     return cosine_to(rows - w_star, w_star - previous.to(torch.float64))
 
@@ -129,11 +128,9 @@ def hard_filter_split(
 
     attributes = np.asarray(attributes, dtype=np.float64)
     k = attributes.shape[0]
-    labels = np.zeros(k, dtype=np.int64)
     if k < 2 or np.unique(np.round(attributes, 12), axis=0).shape[0] < 2:
-        return np.zeros(k, dtype=bool), labels
-    # A few dozen points: one thread.  OpenMP's thread start-up would cost 10-20 times the fit.
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        return np.zeros(k, dtype=bool), np.zeros(k, dtype=np.int64)
+    with warnings.catch_warnings(), threadpool_limits(limits=1):  # a few dozen points: thread start-up > fit
         warnings.simplefilter("ignore")
         labels = KMeans(n_clusters=2, n_init=n_init, random_state=seed).fit_predict(attributes)
     anchor = int(np.argmin(np.asarray(closeness, dtype=np.float64)))
@@ -155,14 +152,9 @@ def clear_trusted(
 
 # --------------------------------------------------------------------------- the round
 def fedgrad_round(
-    history: FedGradHistory,
-    global_state: State,
-    updates: Sequence[ClientUpdate],
-    round_idx: int,
-    *,
-    params: FedGradParams,
-    variant: Variant = PAPER,
-) -> Aggregate:
+    history: FedGradHistory, global_state: State, updates: Sequence[ClientUpdate], round_idx: int, *,
+    params: FedGradParams, variant: Variant = PAPER,
+) -> Aggregate:  # fmt: skip
     """One round of FedGrad over finite updates; folds the round into ``history``."""
     updates = sorted_updates(updates)
     ids = [int(u.client_id) for u in updates]
@@ -172,10 +164,8 @@ def fedgrad_round(
         raise ValueError(f"ultimate layer key {missing[0]!r} is not in the model's state")
     weights = sample_weights(updates)
     later = round_idx >= params.switch_round
-    w_prev = global_state[wkey].detach().to(torch.float64)  # classes x features: small, float64
-    b_prev = global_state[bkey].detach().to(torch.float64)
-    w_all = torch.stack([u.state[wkey].detach().to(torch.float64) for u in updates])  # K x v x u
-    b_all = torch.stack([u.state[bkey].detach().to(torch.float64) for u in updates])  # K x v
+    w_prev, b_prev = (global_state[key].detach().to(torch.float64) for key in (wkey, bkey))  # v x u, v: float64
+    w_all, b_all = (torch.stack([u.state[key].detach().to(torch.float64) for u in updates]) for key in (wkey, bkey))
 
     # soft filter: scored every round, so that the running means are complete
     raw = compromising_scores(w_all.reshape(k, -1), weights, w_prev.reshape(-1))
@@ -197,10 +187,9 @@ def fedgrad_round(
 
     if variant.use_hard:
         w_star = ((weights / weights.sum()) @ w_all.reshape(k, -1)).reshape(w_prev.shape)
-        w_change = w_all - (w_prev if params.gradient == "update" else w_star)
-        b_change = b_all - b_prev if params.bias == "update" else b_all
-        similarities = round_similarities(*by_class_vectors(w_change.numpy(), b_change.numpy()))
-        acc_w, acc_b = history.fold_pairs(ids, *similarities)
+        dw = w_all - (w_prev if params.gradient == "update" else w_star)  # the change summed by class below
+        db = b_all - b_prev if params.bias == "update" else b_all
+        acc_w, acc_b = history.fold_pairs(ids, *round_similarities(*by_class_vectors(dw.numpy(), db.numpy())))
         if later and k >= 4:
             closeness = closeness_of()
             attributes = np.concatenate([acc_w, acc_b], axis=1)
@@ -219,20 +208,6 @@ def fedgrad_round(
         final, cleared = clear_trusted(suspicious, trust, gamma=params.gamma, fallback=fallback)
     history.record_trust(ids, final, lambda1=params.lambda1, lambda2=params.lambda2)
 
-    # the kept clients' full models, averaged by sample count
-    keep = ~final
-    if not keep.any():
-        new_state = copy_state(global_state)
-    elif rows is None and not variant.clip_to_median:
-        kept = stack_states([u for u, ok in zip(updates, keep) if ok], layout)
-        new_state = layout.unflatten(weighted_average(kept, weights[torch.from_numpy(keep)]), global_state)
-    else:  # weight 0 for the dropped rows (all finite): no K' x d copy of the kept ones
-        rows = stack_states(updates, layout) if rows is None else rows
-        if variant.clip_to_median:  # hardened: no kept change longer than the kept median
-            rows = variants.clip_rows(rows, layout.flatten(global_state), keep)
-        kept_weights = torch.where(torch.from_numpy(keep), weights, torch.zeros_like(weights))
-        new_state = layout.unflatten(weighted_average(rows, kept_weights), global_state)
-
     def by_id(values: Optional[np.ndarray]) -> dict[str, float]:
         return {} if values is None else {str(c): float(v) for c, v in zip(ids, values)}
 
@@ -244,8 +219,21 @@ def fedgrad_round(
     diagnostics.update(hard_active=closeness is not None, closeness=by_id(closeness))
     if labels is not None:
         diagnostics["clusters"] = {str(c): int(v) for c, v in zip(ids, labels)}
+
+    # the kept clients' full models, averaged by sample count
+    keep = ~final
     if not keep.any():
+        new_state = copy_state(global_state)
         diagnostics["kept_previous_model"] = "every client was suspicious"
+    elif rows is None and not variant.clip_to_median:
+        kept = stack_states([u for u, ok in zip(updates, keep) if ok], layout)
+        new_state = layout.unflatten(weighted_average(kept, weights[torch.from_numpy(keep)]), global_state)
+    else:  # weight 0 for the dropped rows (all finite): no K' x d copy of the kept ones
+        rows = stack_states(updates, layout) if rows is None else rows
+        if variant.clip_to_median:  # hardened: no kept change longer than the kept median
+            rows = variants.clip_rows(rows, layout.flatten(global_state), keep)
+        kept_weights = torch.where(torch.from_numpy(keep), weights, torch.zeros_like(weights))
+        new_state = layout.unflatten(weighted_average(rows, kept_weights), global_state)
     return Aggregate(new_state, frozenset(diagnostics["suspicious"]), diagnostics)
 
 
@@ -253,8 +241,7 @@ def fedgrad_round(
 class FedGrad(Defense):
     """FedGrad's soft filter, hard filter and trust score (see the module docstring).
 
-    The parameters are ``FedGradParams``' and ``fedgrad_variants.Variant``'s, readable as attributes.
-    """
+    The parameters are ``FedGradParams``' and ``fedgrad_variants.Variant``'s, readable as attributes."""
 
     name = "fedgrad"
     state_version = 1
@@ -278,7 +265,7 @@ class FedGrad(Defense):
         )  # fmt: skip
         self.variant = Variant(
             soft_threshold, trust_decay, use_soft, use_hard, use_trust, closeness_mad, clip_to_median
-        )  # fmt: skip
+        )
         if soft_threshold == "largest_gap" and strict_factor is not None:
             raise ValueError("strict_factor scales the median threshold; it cannot be combined with 'largest_gap'")
         self.history = FedGradHistory(self.variant.trust_decay)
