@@ -1,4 +1,4 @@
-"""ultimate_mimic: the edge-case backdoor attacker that sends its own benign ultimate layer (issue 11)."""
+"""ultimate_mimic: the edge-case backdoor attacker that sends its own benign ultimate layer."""
 
 import json
 import math
@@ -209,6 +209,7 @@ def test_reference_generator_leaves_the_round_generator_alone():
         ({"project_every": True}, "got True"),
         ({"poisoned_data_rate": 0.0}, "poisoned_data_rate must be in"),
         ({"num_edge": 0}, "num_edge must be >= 1"),
+        ({"ball": "honest"}, "ball .*global.*reference.*got .honest."),
     ],
 )
 def test_bad_parameters_raise(params, message):
@@ -286,3 +287,69 @@ def test_end_to_end_on_digits_against_fedgrad():
     assert len(evaluated) == 2 and all(0 <= r["backdoor_acc"] <= 1 for r in evaluated)
     assert all(r["main_acc"] > 0.5 for r in evaluated)
     assert any(r["attackers"] for r in first.history)
+
+
+# --------------------------------------------------------------------------- over several rounds
+
+
+def _round_at(attack, task, global_state, settings, round_idx, *, seed):
+    """As ``_round``, for round ``round_idx`` with benign ``settings``."""
+    shards = {ATTACKER: task.train.subset(range(0, 120)), HONEST: task.train.subset(range(120, 200))}
+    generators = {c: torch.Generator().manual_seed(seed * 100 + c) for c in shards}
+    data = {
+        ATTACKER: attack.client_data(ATTACKER, 0, shards[ATTACKER], round_idx, generators[ATTACKER]),
+        HONEST: shards[HONEST],
+    }
+    ctx = RoundContext(
+        round_idx, global_state, (ATTACKER, HONEST), (ATTACKER,), {c: len(d) for c, d in data.items()}, settings.lr
+    )
+    worker = make_model("digits_mlp", in_channels=1, num_classes=10, seed=1)
+    updates = train_clients(
+        worker, global_state, data, generators, settings, "cpu", attack=attack, pool=(ATTACKER,), ctx=ctx
+    )
+    return {u.client_id: u.state for u in updates}, shards[ATTACKER], seed * 100 + ATTACKER
+
+
+def _reference_with(global_state, clean, round_seed, settings):
+    model = _model(global_state)
+    local_train(model, clean, settings, generator=reference_generator(torch.Generator().manual_seed(round_seed)))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("ball", ["global", "reference"])
+def test_every_round_mimics_that_rounds_honest_update_inside_that_rounds_ball(digits, global_state, ball):
+    """Round 2 has a new global model and new benign settings (a decayed learning rate, one epoch):
+    an attacker that froze its reference, its settings or its ball centre after round 1 fails."""
+    # Prepare
+    eps = 0.2
+    attack = make_attack("ultimate_mimic", eps=eps, project_every=1, ball=ball)
+    task = attack.setup(digits, seed=0)
+    round2 = LocalTraining(lr=0.05, epochs=1, batch_size=16)
+    # Execute: round 1, then round 2 from the honest client's round-1 model
+    sent1, clean, seed1 = _round_at(attack, task, global_state, BENIGN, 1, seed=7)
+    g2 = {k: v.detach().clone() for k, v in sent1[HONEST].items()}
+    sent2, clean2, seed2 = _round_at(attack, task, g2, round2, 2, seed=8)
+    # Assert: the round-2 head is the honest update from round 2's model with round 2's settings
+    reference2 = _reference_with(g2, clean2, seed2, round2)
+    stale_settings = _reference_with(g2, clean2, seed2, BENIGN)
+    for key in HEAD:
+        assert torch.equal(sent2[ATTACKER][key], reference2[key]), key
+        assert not torch.allclose(sent2[ATTACKER][key], stale_settings[key], atol=1e-5), key
+        assert not torch.allclose(sent2[ATTACKER][key], sent1[ATTACKER][key], atol=1e-5), key
+    # ... and the layers below sit on the round's ball: around g2, or around round 2's reference
+    center = g2 if ball == "global" else reference2
+    other = global_state if ball == "global" else g2
+    assert float(distance_to(_model(sent2[ATTACKER]), center, skip=HEAD)) == pytest.approx(eps, rel=1e-4)
+    assert float(distance_to(_model(sent2[ATTACKER]), other, skip=HEAD)) != pytest.approx(eps, rel=1e-3)
+
+
+def test_reference_ball_keeps_the_whole_model_within_eps_of_the_honest_update(digits, global_state):
+    # Prepare
+    attack = make_attack("ultimate_mimic", eps=0.1, project_every=1, ball="reference")
+    task = attack.setup(digits, seed=0)
+    # Execute
+    sent, clean, round_seed = _round_at(attack, task, global_state, BENIGN, 1, seed=7)
+    reference = _reference_with(global_state, clean, round_seed, BENIGN)
+    # Assert: head identical, so the whole model's distance to the honest one is the lower layers' (eps)
+    assert float(distance_to(_model(sent[ATTACKER]), reference)) == pytest.approx(0.1, rel=1e-4)
+    assert float(distance_to(_model(sent[ATTACKER]), global_state, skip=HEAD)) > 0.1

@@ -17,8 +17,12 @@ and hides its backdoor in the layers FedGrad does not look at:
    ball): the layers below learn to push edge-case inputs to the target *through the head the
    server will see*; with ``hold_head=False`` it trains freely and only swaps the head in after
    the last step;
-4. optionally (``eps``) the layers below are projected onto an L2 ball of radius ``eps`` around
-   the global model every ``project_every`` steps and after the last one, as the PGD attack does.
+4. optionally (``eps``) the layers below are projected onto an L2 ball of radius ``eps`` every
+   ``project_every`` steps and after the last one, as the PGD attack does: around the global
+   model (``ball="global"``, default), or around the attacker's own benign reference
+   (``ball="reference"``), so that its whole model stays within ``eps`` of the honest model it
+   would have sent; against a defense that compares whole models (Krum's score, FedGrad's
+   closeness) this is the stronger answer.
 
 The update it sends therefore has, in the ultimate layer, exactly an honest client's update (its
 by-class pattern and its soft score are those of a benign client with the attacker's data), while
@@ -44,7 +48,7 @@ updates, the defense's thresholds or its state.  All randomness is deterministic
 training draws from a generator derived from the client's round generator's seed (so the backdoor
 training draws the same batches as the black-box attacker would), never from the global RNG.
 
-Parameters (keyword-only): ``hold_head``, ``eps`` (None: no ball), ``project_every`` and the
+Parameters (keyword-only): ``hold_head``, ``eps`` (None: no ball), ``project_every``, ``ball`` and the
 edge-case set's ``poisoned_data_rate`` and ``num_edge`` (as ``blackbox``).
 """
 
@@ -64,6 +68,9 @@ from fedgrad_core.attacks.pgd import project_onto_ball
 from fedgrad_core.data.task import Split
 from fedgrad_core.models import ultimate_layer
 from fedgrad_core.training import LocalTraining, TrainingHooks, local_train
+
+#: Where the ``eps`` ball is centred: the round's global model, or the attacker's benign reference.
+BALL_CENTERS = ("global", "reference")
 
 #: Distinct purpose of the reference training's generator (any fixed integer).
 _REFERENCE = 11
@@ -98,8 +105,10 @@ class MimicHooks(TrainingHooks):
         hold_head: bool,
         eps: Optional[float],
         project_every: int,
+        ball: str = "global",
     ):
         self.center = center
+        self.ball = ball
         self.clean = clean
         self.settings = settings
         self.generator = generator
@@ -107,6 +116,7 @@ class MimicHooks(TrainingHooks):
         self.eps = eps
         self.project_every = project_every
         self.head: Optional[dict[str, Tensor]] = None
+        self.honest: Optional[State] = None
 
     def reference(self, model: nn.Module) -> dict[str, Tensor]:
         """The benign reference's ultimate layer (weight and bias), trained once."""
@@ -115,9 +125,17 @@ class MimicHooks(TrainingHooks):
             honest.load_state_dict(self.center)
             device = next(honest.parameters()).device
             local_train(honest, self.clean, self.settings(), generator=self.generator, device=device)
-            state = honest.state_dict()
-            self.head = {key: state[key].detach().clone() for key in ultimate_layer(model)}
+            self.honest = {key: value.detach().clone() for key, value in honest.state_dict().items()}
+            self.head = {key: self.honest[key] for key in ultimate_layer(model)}
         return self.head
+
+    def _project(self, model: nn.Module, skip: tuple[str, ...]) -> None:
+        if self.ball == "reference":
+            self.reference(model)
+            assert self.honest is not None
+        center = self.honest if self.ball == "reference" else self.center
+        assert self.eps is not None and center is not None
+        project_onto_ball(model, center, self.eps, skip=skip)
 
     def _apply(self, model: nn.Module, project: bool) -> None:
         head = self.reference(model)  # trains (with gradients) the first time
@@ -126,14 +144,14 @@ class MimicHooks(TrainingHooks):
             for key, value in head.items():
                 state[key].copy_(value)
         if self.eps is not None and project:
-            project_onto_ball(model, self.center, self.eps, skip=tuple(head))
+            self._project(model, tuple(head))
 
     def after_step(self, model: nn.Module, step: int) -> None:
         project = step % self.project_every == 0
         if self.hold_head:
             self._apply(model, project)
         elif self.eps is not None and project:
-            project_onto_ball(model, self.center, self.eps, skip=ultimate_layer(model))
+            self._project(model, ultimate_layer(model))
 
     def after_training(self, model: nn.Module) -> None:
         self._apply(model, project=True)
@@ -160,10 +178,13 @@ class UltimateMimic(EdgeCaseAttack):
         hold_head: bool = True,
         eps: Optional[float] = None,
         project_every: int = 10,
+        ball: str = "global",
         poisoned_data_rate: Optional[float] = None,
         num_edge: Optional[int] = None,
     ):
         super().__init__(poisoned_data_rate=poisoned_data_rate, num_edge=num_edge)
+        if ball not in BALL_CENTERS:
+            raise ValueError(f"ball (the center of the eps ball) must be one of {list(BALL_CENTERS)}, got {ball!r}")
         if not isinstance(hold_head, bool):
             raise ValueError(f"hold_head must be True or False, got {hold_head!r}")
         if eps is not None and not _positive_number(eps):
@@ -176,6 +197,7 @@ class UltimateMimic(EdgeCaseAttack):
         self.hold_head = hold_head
         self.eps = None if eps is None else float(eps)
         self.project_every = project_every
+        self.ball = ball
         self._clean: dict[int, Split] = {}
         self._settings: Optional[LocalTraining] = None
 
@@ -207,4 +229,5 @@ class UltimateMimic(EdgeCaseAttack):
             hold_head=self.hold_head,
             eps=self.eps,
             project_every=self.project_every,
+            ball=self.ball,
         )

@@ -216,7 +216,7 @@ def fedgrad_round(
         masks["s3"] = s3
     diagnostics: dict[str, Any] = {key: [c for c, m in zip(ids, mask) if m] for key, mask in masks.items()}
     diagnostics.update(soft_scores=by_id(cumulative), soft_threshold=float(cut), trust=by_id(trust))
-    diagnostics.update(hard_active=closeness is not None, closeness=by_id(closeness))
+    diagnostics.update(hard_active=labels is not None, closeness=by_id(closeness))
     if labels is not None:
         diagnostics["clusters"] = {str(c): int(v) for c, v in zip(ids, labels)}
 
