@@ -625,3 +625,11 @@ def test_the_parameter_classes_default_to_the_defenses_defaults():
     assert (defense.zeta, defense.use_hard, defense.trust_decay) == (0.5, True, None)
     with pytest.raises(AttributeError, match="^'FedGrad' object has no attribute 'nope'$"):
         defense.nope  # noqa: B018
+
+
+def test_an_instance_without_parameters_yet_answers_a_missing_attribute_by_its_name():
+    # Prepare: as pickle and copy see the instance, before __init__ or __setstate__ has run
+    bare = FedGrad.__new__(FedGrad)
+    # Execute / Assert: an ordinary AttributeError for the asked name, not for the absent parameters
+    with pytest.raises(AttributeError, match="^'FedGrad' object has no attribute 'zeta'$"):
+        bare.zeta  # noqa: B018

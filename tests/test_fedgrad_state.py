@@ -123,7 +123,7 @@ def test_broken_saved_states_are_refused_with_the_entry_named():
     not_a_tensor = dict(good, soft_ids=7)
     missing = {k: v for k, v in good.items() if k != "pair_n"}
     # Execute / Assert
-    with pytest.raises(ValueError, match="'pair_ids' repeats a client id$"):
+    with pytest.raises(ValueError, match="^defense 'fedgrad': saved state entry 'pair_ids' repeats a client id$"):
         FedGrad().load_state_dict(repeated)
     with pytest.raises(ValueError, match="'soft_ids' should be a torch.int64 tensor"):
         FedGrad().load_state_dict(not_a_tensor)
