@@ -299,11 +299,11 @@ def run_round(config: ExperimentConfig, round_idx: int, run: RunSetup, device: s
 
 #: Models whose honest clients train faster batched (``local_train_batched``) than one by one, per
 #: device type; measured with benchmarks/bench_training.py on a shared 2-core CPU (benchmarks/
-#: RESULTS.md), batched time over sequential: digits_mlp 0.3-0.6x, cnn_mnist 0.7x with 2 threads
-#: (1.0x with 1), LeNet 1.7x and VGG-9 2.2x (their large convolutions run slower as the grouped
-#: convolutions vmap makes of them).
+#: RESULTS.md), batched time over sequential: digits_mlp 0.3-0.6x, LeNet 1.7x and VGG-9 2.2x (their
+#: large convolutions run slower as the grouped convolutions vmap makes of them); the MNIST CNN
+#: 1.45-1.55x slower batched than one by one in the channels-last layout (``--layout``).
 BATCHED_BY_DEFAULT: dict[str, frozenset[str]] = {
-    "cpu": frozenset({"digits_mlp", "cnn_mnist"}),
+    "cpu": frozenset({"digits_mlp"}),
     # On a GPU one vmapped step of K models fills the device where one model's step leaves it
     # idle: measured on an H200 (bench_training.py --device cuda --sizes paper), batched over
     # sequential 2.4x (VGG-9, K = 10), 6.9x (MNIST CNN, K = 30), 7.4x (LeNet, K = 30).
