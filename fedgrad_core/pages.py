@@ -277,6 +277,16 @@ class Page:
         groups = results.values() if isinstance(results, Mapping) else [results]
         return f"*{provenance_line([r for rs in groups for r in rs], self.profile)}*"
 
+    def show_caption(self, results: Mapping[Any, Sequence[RunResult]] | Sequence[RunResult]) -> None:
+        """Display ``caption(results)`` under a table or figure of the notebook."""
+        _display_markdown(self.caption(results))
+
+    def show_settings_note(
+        self, paper: Mapping[str, Mapping[str, Any]], extra: Optional[Mapping[str, Mapping[str, Any]]] = None
+    ) -> None:
+        """Display ``settings_note(paper, extra)`` in the notebook."""
+        _display_markdown(self.settings_note(paper, extra))
+
     def settings_note(
         self, paper: Mapping[str, Mapping[str, Any]], extra: Optional[Mapping[str, Mapping[str, Any]]] = None
     ) -> str:
@@ -337,6 +347,12 @@ class Page:
             f"{code_link} sets; **bold**: reduced or changed from the paper's value (the code's where the "
             "paper states none); –: not stated.\n\n" + "\n".join(lines)
         )
+
+
+def _display_markdown(text: str) -> None:
+    from IPython.display import Markdown, display  # notebooks only: IPython comes with the book's extra
+
+    display(Markdown(text))
 
 
 def expected_joins(rounds: float, clients_per_round: float, num_clients: float) -> float:
