@@ -89,6 +89,9 @@ def test_config_builds_the_run_the_old_notebook_code_built():
         ("fedgrad", "dba", {"use_trust": False}, {"switch_round": 3, "use_trust": False}, {}),
         ("fedgrad", "blackbox", {"switch_round": 7}, {"switch_round": 7}, {"num_edge": 100}),  # explicit params win
         ("krum", "ultimate_mimic", None, {}, {"num_edge": 100}),
+        # the page's settings go to whichever defense accepts them, by signature, not by name
+        ("fedgrad_plus", "blackbox", None, {"switch_round": 3}, {"num_edge": 100}),
+        ("flame", "pgd", None, {}, {"num_edge": 100}),
     ],
 )
 def test_config_gives_each_defense_and_attack_its_page_parameters(defense, attack, defense_params, want_defense,
@@ -170,6 +173,22 @@ def test_caption_is_the_provenance_line_of_every_run_in_italics():
         "*Measured: profile quick, seeds [0, 4], data offline copy, hardware cpu-x [cpu], commit 01234567.*"
     )
     assert page.caption(runs["a"]).startswith("*Measured: profile quick, seeds [0],")
+
+
+def test_show_caption_and_settings_note_display_the_markdown_they_return(monkeypatch):
+    # Prepare: capture what the notebook would display
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj.data))
+    page = Page.from_parameters(QUICK)
+    runs = [RunResult(ExperimentConfig(seed=1), [], {"git_commit": "abcdef012345"})]
+    paper = {"cifar10": {"rounds": 1000}, "mnist": {"rounds": 500}}
+    # Execute
+    page.show_caption(runs)
+    page.show_settings_note(paper)
+    # Assert
+    assert shown == [page.caption(runs), page.settings_note(paper)]
 
 
 def test_display_names_are_the_readers_names():
