@@ -40,6 +40,12 @@ Published adaptive attacks it builds on:
 * Zhang et al., ICML 2022, "Neurotoxin": the backdoor is confined to the parameters the benign
   updates (or here: the defense) pay little attention to, so that it survives.  Here these are all
   layers below the ultimate one.
+* Sun et al., 2019, "Can You Really Backdoor Federated Learning?" and Wang et al., NeurIPS 2020,
+  "Attack of the Tails" (PGD): a norm-bounded attacker stays inside a ball so that norm- and
+  distance-based defenses see nothing unusual.  Here the ball (``eps``) answers defenses that
+  compare whole models, such as ``fedgrad_plus``'s closeness filter.
+* Tramèr et al., NeurIPS 2020, "On Adaptive Attacks to Adversarial Example Defenses": a defense is
+  measured against the attacker who knows it and targets its decision rule, as here.
 
 Assumptions (what the attacker knows): FedGrad's filters inspect the last ``nn.Linear`` of the
 model (``models.ultimate_layer``); the benign clients' local training hyper-parameters (it is a
