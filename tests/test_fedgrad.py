@@ -258,6 +258,15 @@ def test_the_ultimate_layer_is_the_last_two_dimensional_weight_or_the_named_one(
 # --------------------------------------------------------------------------- hard filter
 
 
+def test_by_class_sums_are_taken_in_float64_for_a_float32_change():
+    # Prepare: one client, one class; in float32, 1e8 + 1 rounds back to 1e8, so the row would sum to 0
+    weight_change = np.array([[[1e8, 1.0, -1e8]]], dtype=np.float32)
+    # Execute
+    mu_w, mu_b = by_class_vectors(weight_change, np.array([[2.0]]))
+    # Assert: the float64 sum is 1, normalised to 1 (a zero sum would stay 0)
+    assert mu_w.tolist() == [[1.0]] and mu_b.tolist() == [[1.0]]
+
+
 def test_hard_filter_separates_three_colluders():
     # Prepare: by-class patterns -1 + 5 e_c (class c pushed up, the others down; two such
     # patterns with different c are orthogonal).  7 benign clients, non-IID: dominant classes
