@@ -26,7 +26,7 @@ from fedgrad_core.checkpoint import (
 from fedgrad_core.defenses import ClientUpdate, available_defenses, build_defense
 from fedgrad_core.models import make_model
 
-STATEFUL = {"fedgrad", "foolsgold"}
+STATEFUL = {"fedgrad", "fedgrad_plus", "foolsgold"}
 
 
 class _WritesAMarker:
@@ -48,6 +48,7 @@ CONTEXT = {"seed": 0, "attacker_fraction": 0.25, "model_factory": _factory, "num
 #: filter and trust score act from round 1, so all of its history is exercised.
 PARAMS = {
     "fedgrad": {"switch_round": 1},
+    "fedgrad_plus": {"switch_round": 1},
     "deepsight": {"num_seeds": 1, "num_noise_samples": 200, "noise_batch_size": 200},
 }
 
@@ -249,7 +250,7 @@ def test_a_state_of_another_version_or_defense_is_refused_by_name(name):
     damaged.pop(next(k for k in state if k not in ("defense", "version")))
     with pytest.raises(ValueError, match=rf"defense '{name}': the saved state \(version {version}\) lacks"):
         fresh.load_state_dict(damaged)
-    key = "pair_w" if name == "fedgrad" else "history"
+    key = "pair_w" if name.startswith("fedgrad") else "history"
     wrong_dtype = {**state, key: state[key].double()}
     with pytest.raises(ValueError, match=rf"defense '{name}': saved state entry '{key}' should be a torch.float32 tensor"):
         fresh.load_state_dict(wrong_dtype)
