@@ -136,11 +136,12 @@ class MimicHooks(TrainingHooks):
         return self.head
 
     def _project(self, model: nn.Module, skip: tuple[str, ...]) -> None:
+        center = self.center
         if self.ball == "reference":
-            self.reference(model)
+            self.reference(model)  # trains the honest model the first time
             assert self.honest is not None
-        center = self.honest if self.ball == "reference" else self.center
-        assert self.eps is not None and center is not None
+            center = self.honest
+        assert self.eps is not None
         project_onto_ball(model, center, self.eps, skip=skip)
 
     def _apply(self, model: nn.Module, project: bool) -> None:

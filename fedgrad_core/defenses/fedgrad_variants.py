@@ -71,11 +71,6 @@ class Variant:
         if self.closeness_mad is not None:
             object.__setattr__(self, "closeness_mad", check_real("closeness_mad", self.closeness_mad, 0.0, 100.0))
 
-    @property
-    def hardened(self) -> bool:
-        """True when a hardened option is on (the round then computes the closeness every round)."""
-        return self.closeness_mad is not None or self.clip_to_median
-
 
 #: The paper's rule.
 PAPER = Variant()
