@@ -3,6 +3,8 @@ rounds of the digits model (``conftest.synthetic_round``)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import re
 
@@ -69,6 +71,20 @@ def test_soft_threshold_defaults_to_zeta_one_half():
     # Execute / Assert: median 0.9 is capped by the default zeta = 0.5
     assert soft_filter_threshold([0.8, 0.9, 1.0]) == 0.5
     assert soft_filter([0.8, 0.9, 1.0])[0] == 0.5
+
+
+def test_the_soft_filter_works_in_float64_whatever_the_scores_dtype():
+    # Prepare: float32 scores.  The float64 median of 0.1f and 0.2f is not their float32 median;
+    # a zeta just below the float32 score 0.3f is below it in float64 but equal to it in float32
+    pair = np.array([0.1, 0.2], dtype=np.float32)
+    zeta = float(np.float32(0.3)) - 1e-12
+    scores = np.array([0.0, 0.3, 0.9], dtype=np.float32)
+    # Execute
+    median = soft_filter_threshold(pair, zeta=1.0)
+    cut, mask = soft_filter(scores, zeta=zeta)
+    # Assert
+    assert median == (float(pair[0]) + float(pair[1])) / 2
+    assert cut == zeta and mask.tolist() == [False, True, True]
 
 
 def test_compromising_scores_favour_colluders():
@@ -596,6 +612,20 @@ def test_constructor_defaults_and_boundary_values():
     assert defense.soft_threshold == "median" and defense.trust_decay is None  # the paper's rules
     assert edge.num_attackers(8) == 0 and edge.ultimate_layer == ("fc.weight", "fc.bias")
     assert (edge.zeta, edge.gamma, edge.lambda1, edge.strict_factor, edge.trust_decay) == (1.0, 0.0, 0.0, 1.0, 1.0)
+
+
+def test_parameters_are_stored_as_plain_python_numbers():
+    # Prepare: numpy integers and Python ints where reals are expected, as a sweep or a JSON config gives them
+    defense = FedGrad(switch_round=np.int64(3), num_attackers_estimate=np.int64(1), attacker_fraction=0,
+                      strict_factor=1, kmeans_n_init=np.int64(4), seed=np.int64(7), trust_decay=1, closeness_mad=2)
+    ints = ("switch_round", "num_attackers_estimate", "kmeans_n_init", "seed")
+    reals = ("attacker_fraction", "strict_factor", "trust_decay", "closeness_mad")
+    # Execute
+    types = {name: type(getattr(defense, name)) for name in ints + reals}
+    # Assert: ints are int and reals float, so the settings go to JSON (a numpy integer would not)
+    assert types == {**dict.fromkeys(ints, int), **dict.fromkeys(reals, float)}
+    assert (defense.switch_round, defense.seed, defense.strict_factor, defense.closeness_mad) == (3, 7, 1.0, 2.0)
+    json.dumps({**dataclasses.asdict(defense.params), **dataclasses.asdict(defense.variant)})
 
 
 # --------------------------------------------------------------------------- end to end

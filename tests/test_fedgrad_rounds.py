@@ -14,7 +14,7 @@ from torch import nn
 from conftest import E, G, HIGH, LOW, client, soft_client, tiny_global
 from fedgrad_core.defenses import ClientUpdate
 from fedgrad_core.defenses.base import Layout
-from fedgrad_core.defenses.fedgrad import FedGrad, fedgrad_round, parameter_columns, parameter_keys
+from fedgrad_core.defenses.fedgrad import FedGrad, closeness_scores, fedgrad_round, parameter_columns, parameter_keys
 from fedgrad_core.defenses.fedgrad_state import FedGradHistory, FedGradParams
 
 
@@ -294,6 +294,26 @@ def test_closeness_full_and_ultimate_differ(closeness, scores, s2):
     # Assert
     assert out.diagnostics["closeness"] == pytest.approx(scores)
     assert out.diagnostics["s2"] == s2
+
+
+@pytest.mark.parametrize("closeness", ["ultimate", "full"])
+def test_closeness_is_measured_on_the_changes_so_a_model_far_from_the_origin_costs_no_precision(closeness):
+    # Prepare: a global model near 1e5 (float32 steps of 2^-7 there) and small, irregular changes.
+    # Distances from a Gram matrix of the models themselves (2e5 and up) would lose about 1e-4 of
+    # the 1e-2 they are made of; measured on the changes they are exact to float64 rounding
+    gen = torch.Generator().manual_seed(3)
+    g = {key: value + 1e5 + torch.rand(value.shape, generator=gen) for key, value in G.items()}
+    updates = [client(i, g=g, **{key.replace(".", "__"): 0.05 * torch.randn(value.shape, generator=gen)
+                                 for key, value in g.items()}) for i in range(5)]
+    keys = ["fc.weight", "fc.bias"] if closeness == "ultimate" else list(g)
+    changes = torch.stack([torch.cat([(u.state[k].double() - g[k].double()).reshape(-1) for k in keys])
+                           for u in updates])
+    # Execute
+    out = hard_only(closeness=closeness).aggregate(g, updates, 0)
+    # Assert: Krum's score of the changes (f = 1: K - f - 2 = 2 neighbours)
+    expected = closeness_scores(changes, 1)
+    got = np.array([out.diagnostics["closeness"][str(i)] for i in range(5)])
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
 
 
 class TinyBN(nn.Module):

@@ -10,6 +10,7 @@ import torch
 from conftest import G, client, digits_global_state, synthetic_round
 from fedgrad_core.defenses import ClientUpdate
 from fedgrad_core.defenses.fedgrad import FedGrad
+from fedgrad_core.defenses.fedgrad_state import FedGradHistory
 
 
 def mixed_round(ids: list[int], r: int) -> list[ClientUpdate]:
@@ -130,3 +131,14 @@ def test_broken_saved_states_are_refused_with_the_entry_named():
     with pytest.raises(ValueError, match=r"lacks \['pair_n'\]"):
         FedGrad().load_state_dict(missing)
 
+
+
+def test_a_clients_first_running_mean_is_its_first_scaled_score_exactly():
+    # Prepare: scores strictly between 0 and 1 (a running mean started anywhere but 0 rounds them)
+    history = FedGradHistory()
+    # Execute
+    first = history.fold_soft([3, 1, 2], np.array([0.1, 0.3, 0.7]))
+    second = history.fold_soft([1, 4], np.array([0.6, 0.2]))
+    # Assert: a newcomer's mean is its score; client 1's is the mean of its two rounds
+    assert first.tolist() == [0.1, 0.3, 0.7]
+    assert second.tolist() == [pytest.approx(0.45), 0.2]
