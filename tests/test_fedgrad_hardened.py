@@ -1,5 +1,7 @@
 """FedGrad's hardened options (``fedgrad_variants``) and the ``fedgrad_plus`` preset, on hand-made rounds."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torch
 from conftest import G, client
 from fedgrad_core.defenses import make_defense
 from fedgrad_core.defenses.fedgrad import FedGrad, soft_filter
-from fedgrad_core.defenses.fedgrad_variants import FEDGRAD_PLUS, Variant, clip_rows, closeness_outliers
+from fedgrad_core.defenses.fedgrad_variants import FEDGRAD_PLUS, Variant, clip_scales, closeness_outliers
 
 # --------------------------------------------------------------------------- closeness outliers
 
@@ -17,6 +19,8 @@ from fedgrad_core.defenses.fedgrad_variants import FEDGRAD_PLUS, Variant, clip_r
     [
         # median 3, absolute deviations [2, 1, 0, 1, 97] -> MAD 1 -> cut 3 + k x 1.4826
         ([1.0, 2.0, 3.0, 4.0, 100.0], 2.0, [False, False, False, False, True]),  # cut 5.97
+        # median 12, deviations 2, 1, 0, 1, 18 -> MAD 1 -> cut 12 + 2 x 1.4826 = 14.97
+        ([10.0, 11.0, 12.0, 13.0, 30.0], 2.0, [False, False, False, False, True]),
         ([1.0, 2.0, 3.0, 4.0, 100.0], 0.5, [False, False, False, True, True]),  # cut 3.74
         ([1.0, 2.0, 3.0, 4.0, 100.0], 0.0, [False, False, False, True, True]),  # strictly above the median
         # MAD 0: anything above the median is an outlier
@@ -41,22 +45,35 @@ def test_a_far_out_decoy_moves_the_largest_gap_but_not_the_median_rule():
 # --------------------------------------------------------------------------- clipping
 
 
-def test_clip_rows_scales_kept_changes_down_to_the_kept_median_norm():
-    # Prepare: centre (1, 1); changes of norms 1, 2, 3 (kept) and 10 (dropped)
-    center = torch.tensor([1.0, 1.0])
-    rows = center + torch.tensor([[0.6, 0.8], [0.0, 2.0], [3.0, 0.0], [6.0, 8.0]])
-    keep = np.array([True, True, True, False])
+@pytest.mark.parametrize(
+    "changes, keep, scales",
+    [
+        # norms 5, 10 (kept) and 1 (dropped): the kept median 7.5 shrinks the norm-10 change by 0.75
+        ([[3.0, 4.0], [6.0, 8.0], [0.0, 1.0]], [True, True, False], [1.0, 0.75, 1.0]),
+        # norms 1, 2, 3 (kept), 10 (dropped, left alone): median 2
+        ([[0.6, 0.8], [0.0, 2.0], [3.0, 0.0], [6.0, 8.0]], [True, True, True, False], [1.0, 1.0, 2 / 3, 1.0]),
+        # an even count: the median is the mean of the middle two norms, (2 + 4) / 2 = 3
+        ([[1.0, 0.0], [0.0, 2.0], [4.0, 0.0], [0.0, -8.0]], [True] * 4, [1.0, 1.0, 0.75, 0.375]),
+    ],
+)
+def test_clip_scales_bring_kept_changes_down_to_the_kept_median_norm(changes, keep, scales):
+    # Prepare: rows around a non-zero centre (the scales see the changes, not the models)
+    center = torch.tensor([1.0, -0.5])
+    rows = center + torch.tensor(changes)
     # Execute
-    out = clip_rows(rows, center, keep)
-    # Assert: median of the kept norms is 2; the norm-3 change is scaled to 2, the others untouched
-    torch.testing.assert_close(out, center + torch.tensor([[0.6, 0.8], [0.0, 2.0], [2.0, 0.0], [6.0, 8.0]]))
+    got = clip_scales(rows, center, np.array(keep))
+    # Assert
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, torch.tensor(scales, dtype=torch.float64))
 
 
-def test_clip_rows_median_of_an_even_count_is_the_mean_of_the_middle_two():
-    center = torch.zeros(1)
-    rows = torch.tensor([[1.0], [2.0], [4.0], [-8.0]])
-    out = clip_rows(rows, center, np.ones(4, dtype=bool))
-    torch.testing.assert_close(out, torch.tensor([[1.0], [2.0], [3.0], [-3.0]]))  # bound (2 + 4) / 2
+def test_clip_scales_with_nobody_kept_are_ones_without_a_warning():
+    # Execute: no median of an empty set is taken (numpy would warn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = clip_scales(torch.tensor([[3.0, 4.0], [0.0, 2.0]]), torch.zeros(2), np.array([False, False]))
+    # Assert
+    assert got.tolist() == [1.0, 1.0]
 
 
 # --------------------------------------------------------------------------- through the defense
@@ -125,7 +142,12 @@ def test_fedgrad_plus_is_fedgrad_with_the_preset_and_accepts_fedgrads_parameters
     assert make_defense("fedgrad").variant == Variant()
 
 
-@pytest.mark.parametrize("value", [-1.0, float("nan"), "2", True])
+@pytest.mark.parametrize("value", [0.0, 0.5, 100.0])
+def test_closeness_mad_accepts_every_value_from_0_to_100(value):
+    assert FedGrad(closeness_mad=value).closeness_mad == value
+
+
+@pytest.mark.parametrize("value", [-1.0, 100.5, float("nan"), "2", True])
 def test_bad_closeness_mad_names_the_parameter(value):
     with pytest.raises(ValueError, match="closeness_mad"):
         FedGrad(closeness_mad=value)

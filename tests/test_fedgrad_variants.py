@@ -1,7 +1,7 @@
-"""FedGrad's opt-in variants beyond the paper: ``soft_threshold="largest_gap"``, ``trust_decay``
-and the hardened options' helpers (``closeness_outliers``, ``clip_rows``).  Hand-checkable inputs
-on which each option gives a different answer from the faithful default, and the default
-reproducing the faithful result.
+"""FedGrad's opt-in variants beyond the paper: ``soft_threshold="largest_gap"`` and ``trust_decay``
+(the hardened options are in ``test_fedgrad_hardened.py``).  Hand-checkable inputs on which each
+option gives a different answer from the faithful default, and the default reproducing the
+faithful result.
 
 The rounds use the tiny model of ``conftest.py``: client ``i`` sends ``fc.weight = W_prev + c_i E``
 (``E`` all 0.25); with ``c_i`` either HIGH or LOW and both present the min-max scaled score is 1 for
@@ -12,16 +12,13 @@ averages are exact in float32.  The options' parameter checks are with the other
 
 from __future__ import annotations
 
-import warnings
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import E, G, HIGH, LOW, soft_client
 from fedgrad_core.defenses import ClientUpdate
 from fedgrad_core.defenses.fedgrad import FedGrad, soft_filter, soft_filter_threshold
-from fedgrad_core.defenses.fedgrad_variants import clip_rows, closeness_outliers
 
 # --------------------------------------------------------------------------- the threshold rule
 
@@ -254,36 +251,3 @@ def test_trust_decay_ages_an_entry_by_the_clients_own_rounds_not_by_the_rounds_i
     # a client seen only in the skipped rounds aged by its eight rounds, not by the others'
     clean_eight = (0.5 * 0.5**8 + sum(0.5**a for a in range(8))) / sum(0.5**a for a in range(9))
     assert gaps.trust_of(101) == pytest.approx(clean_eight)
-
-
-# --------------------------------------------------------------------------- the hardened options' helpers
-
-
-def test_closeness_outliers_lie_above_the_median_plus_k_scaled_mads():
-    # Prepare: median 12, absolute deviations 2, 1, 0, 1, 18 (their median 1, scaled: 1.4826)
-    closeness = np.array([10.0, 11.0, 12.0, 13.0, 30.0])
-    # Execute / Assert: the cut is 12 + 2 x 1.4826 = 14.97, only 30 lies above it
-    assert closeness_outliers(closeness, k=2.0).tolist() == [False, False, False, False, True]
-
-
-def test_clip_rows_scales_the_kept_changes_down_to_their_median_norm():
-    # Prepare: changes of norm 5, 10 and 1 around the center; the third client is dropped
-    center = torch.tensor([1.0, 1.0])
-    rows = center + torch.tensor([[3.0, 4.0], [6.0, 8.0], [0.0, 1.0]])
-    # Execute
-    out = clip_rows(rows, center, np.array([True, True, False]))
-    # Assert: the kept norms' median is 7.5; the norm-10 change shrinks to it (x 0.75), the others
-    # stay, and the rows keep their float32
-    assert out.dtype == torch.float32
-    assert out.tolist() == [[4.0, 5.0], [5.5, 7.0], [1.0, 2.0]]
-
-
-def test_clip_rows_with_nobody_kept_returns_the_rows_without_a_warning():
-    # Prepare
-    rows = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
-    # Execute: no median of an empty set is taken (numpy would warn)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        out = clip_rows(rows, torch.zeros(2), np.array([False, False]))
-    # Assert
-    assert torch.equal(out, rows)

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from fedgrad_core.defenses import fedgrad_variants as variants
-from fedgrad_core.defenses.base import Aggregate, ClientUpdate, Defense, Layout, State, copy_state, register
+from fedgrad_core.defenses.base import Aggregate, ClientUpdate, Defense, Layout, State, combine, copy_state, register
 from fedgrad_core.defenses.base import sample_weights, sorted_updates, stack_states, sum_of_nearest, weighted_average
 from fedgrad_core.defenses.fedgrad_state import FedGradHistory, FedGradParams, parameter_names
 from fedgrad_core.defenses.fedgrad_variants import PAPER, Variant
@@ -230,10 +230,14 @@ def fedgrad_round(
         new_state = layout.unflatten(weighted_average(kept, weights[torch.from_numpy(keep)]), global_state)
     else:  # weight 0 for the dropped rows (all finite): no K' x d copy of the kept ones
         rows = stack_states(updates, layout) if rows is None else rows
-        if variant.clip_to_median:  # hardened: no kept change longer than the kept median
-            rows = variants.clip_rows(rows, layout.flatten(global_state), keep)
         kept_weights = torch.where(torch.from_numpy(keep), weights, torch.zeros_like(weights))
-        new_state = layout.unflatten(weighted_average(rows, kept_weights), global_state)
+        if variant.clip_to_median:  # hardened: w + sum_i c_i s_i (w_i - w), s_i from clip_scales
+            center = layout.flatten(global_state)
+            coeffs = kept_weights / kept_weights.sum() * variants.clip_scales(rows, center, keep)
+            flat = combine(rows, coeffs).add_(center, alpha=1.0 - float(coeffs.sum()))
+        else:
+            flat = weighted_average(rows, kept_weights)
+        new_state = layout.unflatten(flat, global_state)
     return Aggregate(new_state, frozenset(diagnostics["suspicious"]), diagnostics)
 
 

@@ -29,7 +29,7 @@ Hardened options (beyond the paper, against an attacker who keeps its ultimate l
 - ``clip_to_median=True``: after the filters, each kept client's change of the whole model is
   clipped to the median L2 norm of the kept changes before averaging (FLAME's clipping bound,
   Nguyen et al., USENIX Security 2022), so a passed attacker moves the model at most as far as a
-  typical benign client (``clip_rows``).
+  typical benign client (``clip_scales``).
 - ``FEDGRAD_PLUS``: the preset registered as the defense ``fedgrad_plus``.
 """
 
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedgrad_core.defenses.base import check_bool, check_choice, check_real
+from fedgrad_core.defenses.base import check_bool, check_choice, check_real, gram64
 
 SOFT_THRESHOLD_CHOICES = ("median", "largest_gap")
 
@@ -91,15 +91,14 @@ def closeness_outliers(closeness: np.ndarray, *, k: float) -> np.ndarray:
     return scores - median > k * mad
 
 
-def clip_rows(rows: Tensor, center: Tensor, keep: np.ndarray) -> Tensor:
-    """``rows`` with every kept row's change ``row - center`` scaled down to the median L2 norm of
-    the kept changes (rows not kept are returned unchanged; they get weight 0 in the average)."""
+def clip_scales(rows: Tensor, center: Tensor, keep: np.ndarray) -> Tensor:
+    """Float64 factor per row: ``min(1, m / ||row - center||)`` for a kept row, ``m`` the median L2
+    norm of the kept changes; 1 for the others (they get weight 0 in the average).  Folded into the
+    averaging weights, as FLAME folds its clip: no K x d copy of the changes is made."""
     keep_t = torch.from_numpy(np.asarray(keep, dtype=bool))
-    deltas = rows.to(torch.float64) - center.to(torch.float64)
-    norms = torch.linalg.vector_norm(deltas, dim=1)
+    norms = gram64(rows, center=center).diagonal().clamp_min(0.0).sqrt()
     bound = float(np.median(norms[keep_t].numpy())) if keep_t.any() else 0.0
-    factor = torch.where(keep_t & (norms > bound), bound / norms.clamp_min(1e-30), torch.ones_like(norms))
-    return (center.to(torch.float64) + deltas * factor[:, None]).to(rows.dtype)
+    return torch.where(keep_t & (norms > bound), bound / norms.clamp_min(1e-30), torch.ones_like(norms))
 
 
 def largest_gap_threshold(values: np.ndarray, eps1: float) -> float:
