@@ -550,3 +550,28 @@ def trust_clearing(runs: Mapping[str, Sequence[RunResult]]) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def closeness_leaders(runs: Mapping[str, Sequence[RunResult]]) -> pd.DataFrame:
+    """Whether an attacker held the highest closeness score of its round, per run: one row per
+    (label, seed) from the per-round diagnostics ``record["defense"]["closeness"]`` (client id ->
+    FedGrad's closeness score, present in the rounds that computed it) and ``record["attackers"]``.
+
+    Columns: ``rounds`` (rounds with at least one attacker and a closeness score) and ``attacker
+    highest`` (those of them whose highest score, ties included, is an attacker's).  A run without
+    the diagnostics counts zero rounds.
+    """
+    rows = []
+    for label, results in runs.items():
+        for r in results:
+            rounds = highest = 0
+            for record in r.history:
+                attackers = {str(c) for c in record.get("attackers") or []}
+                scores = (record.get("defense") or {}).get("closeness") or {}
+                if not attackers or not scores:
+                    continue
+                rounds += 1
+                top = max(scores.values())
+                highest += any(scores.get(c) == top for c in attackers)
+            rows.append({"label": label, "seed": r.config.seed, "rounds": rounds, "attacker highest": highest})
+    return pd.DataFrame(rows)

@@ -21,6 +21,7 @@ from fedgrad_core.report import (
     summary_table,
     tidy,
     to_markdown,
+    closeness_leaders,
     trust_clearing,
     with_paper,
 )
@@ -323,6 +324,27 @@ def test_trust_clearing_counts_benign_and_attacker_clearings_per_run():
     # Assert: suspicious benign {5, 7} + {7, 8} + {9} = 5 client-rounds; cleared benign 1 + 2
     assert row == {"label": "FedGrad", "seed": 1, "suspicious benign": 5, "benign cleared": 3,
                    "benign clients cleared": 2, "attackers cleared": 1, "attacker rounds": 3}
+
+
+def test_closeness_leaders_count_the_rounds_an_attacker_scored_highest():
+    # Prepare: round 1 attacker 3 scores highest; round 2 benign 5 does (attacker 4 second); round 3
+    # attacker 4 ties benign 6 at the top; round 4 has no closeness score; round 5 no attacker
+    history = [
+        {"round": 1, "attackers": [3], "defense": {"closeness": {"3": 9.5, "5": 2.0, "6": 1.0}}},
+        {"round": 2, "attackers": [4], "defense": {"closeness": {"4": 3.0, "5": 7.25, "6": 1.0}}},
+        {"round": 3, "attackers": [3, 4], "defense": {"closeness": {"3": 0.5, "4": 4.0, "6": 4.0}}},
+        {"round": 4, "attackers": [3], "defense": {"closeness": {}}},
+        {"round": 5, "attackers": [], "defense": {"closeness": {"5": 1.0, "6": 2.0}}},
+    ]
+    runs = {"FedGrad": [RunResult(ExperimentConfig(rounds=5, seed=2), history)],
+            "FedAvg": [RunResult(ExperimentConfig(rounds=5, seed=2), [{"round": 1, "attackers": [3]}])]}
+    # Execute
+    table = closeness_leaders(runs)
+    # Assert: rounds 1-3 count; the attacker is highest in rounds 1 and 3
+    assert table.to_dict("records") == [
+        {"label": "FedGrad", "seed": 2, "rounds": 3, "attacker highest": 2},
+        {"label": "FedAvg", "seed": 2, "rounds": 0, "attacker highest": 0},
+    ]
 
 
 def test_seed_mean_stays_inside_the_range_of_equal_values_and_is_the_mean_otherwise():
