@@ -54,6 +54,8 @@ def test_a_far_out_decoy_moves_the_largest_gap_but_not_the_median_rule():
         ([[0.6, 0.8], [0.0, 2.0], [3.0, 0.0], [6.0, 8.0]], [True, True, True, False], [1.0, 1.0, 2 / 3, 1.0]),
         # an even count: the median is the mean of the middle two norms, (2 + 4) / 2 = 3
         ([[1.0, 0.0], [0.0, 2.0], [4.0, 0.0], [0.0, -8.0]], [True] * 4, [1.0, 1.0, 0.75, 0.375]),
+        # norms below 1 (0.3125, 0.625 kept; 0.0625 dropped): median 0.46875, scale 0.75, as above
+        ([[0.1875, 0.25], [0.375, 0.5], [0.0, 0.0625]], [True, True, False], [1.0, 0.75, 1.0]),
     ],
 )
 def test_clip_scales_bring_kept_changes_down_to_the_kept_median_norm(changes, keep, scales):
@@ -149,10 +151,10 @@ def test_closeness_mad_accepts_every_value_from_0_to_100(value):
 
 @pytest.mark.parametrize("value", [-1.0, 100.5, float("nan"), "2", True])
 def test_bad_closeness_mad_names_the_parameter(value):
-    with pytest.raises(ValueError, match="closeness_mad"):
+    with pytest.raises(ValueError, match="^closeness_mad must"):
         FedGrad(closeness_mad=value)
 
 
 def test_bad_clip_to_median_names_the_parameter():
-    with pytest.raises(ValueError, match="clip_to_median"):
+    with pytest.raises(ValueError, match="^clip_to_median must"):
         FedGrad(clip_to_median=1)
