@@ -141,3 +141,19 @@ def test_a_non_finite_aggregate_keeps_the_global_model_and_the_defenses_verdict(
     assert result.global_state["w"].tolist() == [2.0]
     assert result.flagged == frozenset({1})
     assert result.diagnostics == {"note": 5, "kept_previous_model": "aggregate was not finite"}
+
+
+def test_layout_skips_integer_buffers_wherever_they_sit_and_flatten_names_its_problems():
+    # Prepare: an integer buffer between float tensors, seven float tensors in all
+    later = {f"k{i}": torch.full((2,), float(i)) for i in range(1, 7)}
+    state = {"k0": torch.zeros(2), "steps": torch.tensor(3), **later}
+    # Execute
+    layout = Layout.of(state)
+    # Assert: every float tensor after the buffer is in the layout; the errors name at most five
+    # missing keys, and the tensor and both shapes of a mismatch
+    assert layout.names == tuple(f"k{i}" for i in range(7)) and layout.size == 14
+    five = r"\['k0', 'k1', 'k2', 'k3', 'k4'\]"
+    with pytest.raises(ValueError, match=rf"^state is missing keys {five} of the global model$"):
+        layout.flatten({"steps": torch.tensor(3)})
+    with pytest.raises(ValueError, match=r"^shape mismatch for 'k3': got \(3,\), global model has \(2,\)$"):
+        layout.flatten({**state, "k3": torch.zeros(3)})
