@@ -80,7 +80,7 @@ mutants: $(STAMP)
 	@$(BIN)/mutmut results --all true | awk -F': ' '{print $$NF}' | sort | uniq -c
 
 # Static checks ([tool.ruff] and [tool.mypy] in pyproject.toml; ruff and mypy pinned in the dev extra).
-LINT_PATHS ?= fedgrad_core tests examples benchmarks data_scripts book
+LINT_PATHS ?= fedgrad_core tests examples benchmarks data_scripts book tools
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -108,6 +108,16 @@ def test_paper_fedgrad_misses_a_body_only_attacker_that_the_closeness_filter_cat
     torch.testing.assert_close(caught.global_state["body.weight"], body)
 
 
+@pytest.mark.parametrize("clients, s3", [(slice(1, None), [9]), (slice(2, None), [])], ids=["K=4", "K=3"])
+def test_closeness_filter_needs_four_clients(clients, s3):
+    # Prepare: client 9 and three (K = 4) or two (K = 3) of the small changes
+    defense = FedGrad(switch_round=50, use_trust=False, closeness_mad=2.0)
+    # Execute
+    out = defense.aggregate(G, mimic_round()[clients], 0)
+    # Assert: from four clients on the far body stands out; below four the filter does not act
+    assert out.diagnostics["s3"] == s3 and out.flagged == set(s3)
+
+
 def test_closeness_filter_acts_before_switch_round_and_joins_before_the_trust_score():
     # Prepare: hard filter and trust act from round 5 only; the closeness filter acts every round
     defense = FedGrad(switch_round=5, closeness_mad=2.0)
