@@ -11,9 +11,11 @@ fork-safe), and on the 2-core machine importing torch, scikit-learn and the test
 every call, so one process can import everything once and run ``pytest.main`` per mutant over the
 tests that cover its function (``mutants/mutmut-stats.json``, written by ``mutmut run``), about
 2 s a mutant.  Statuses as mutmut's: ``killed`` (a test failed), ``survived``, ``timeout``
-(300 s), ``no tests``.  Every 50 mutants the unmutated code must pass the same tests again, so a
-mutant that left state behind stops the run instead of faking kills.  Results are appended to a
-JSON-lines file, so a stopped run resumes where it was.  Checked against ``mutmut run`` on 52
+(300 s), ``no tests``.  After each mutant the server's workspace is released, and every 50 mutants
+the unmutated code must pass the same tests again, so a mutant that left state behind stops the
+run instead of faking kills (on base.py that check stopped a run; the workspace is the one piece of
+state the package keeps between calls).  Results are appended to a JSON-lines file, so a stopped
+run resumes where it was.  Checked against ``mutmut run`` on 52
 FedGrad mutants (27 survivors, 25 killed): the same status for every one.
 """
 
@@ -58,7 +60,16 @@ def run_tests(name: str, tests: list[str]) -> str:
     finally:
         signal.alarm(0)
         os.environ["MUTANT_UNDER_TEST"] = ""
+        reset_state()
     return "survived" if rc == 0 else "killed"
+
+
+def reset_state() -> None:
+    """Drop what the package keeps between calls (the server's workspace), which a mutant may
+    have left in a state the unmutated code would then reuse."""
+    from fedgrad_core.defenses import base
+
+    base.release_workspace()
 
 
 def summary(out: Path) -> None:
