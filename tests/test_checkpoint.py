@@ -311,3 +311,22 @@ def test_fedgrad_state_holds_its_history_as_hand_checkable_tensors():
         assert defense.trust_of(state["trust_ids"][i].item()) == pytest.approx(
             state["trust_sum"][i].item() / state["trust_count"][i].item()
         )
+
+
+def test_the_base_class_messages_name_the_defense_the_found_type_and_what_to_do():
+    # Prepare: a stateless defense and a stateful one
+    fedavg, fedgrad = build_defense("fedavg", {}, CONTEXT), build_defense("fedgrad", {}, CONTEXT)
+    stale = {"defense": "fedgrad", "version": 0}
+    # Execute / Assert: the whole message, so a lost type name or a lost last sentence fails
+    with pytest.raises(ValueError, match=r"^defense 'fedavg': a saved state must be a dict, got list$"):
+        fedavg.load_state_dict([1, 2])
+    with pytest.raises(ValueError, match=r"^defense 'fedavg' keeps no state, but the saved state holds "
+                                         r"\['defense', 'version'\]$"):
+        fedavg.load_state_dict({"defense": "fedavg", "version": 1})
+    with pytest.raises(ValueError, match=r"^defense 'fedgrad' \(state format version 1\) cannot load int: "
+                                         r"was the checkpoint written for a stateless defense\?$"):
+        fedgrad.load_state_dict(7)
+    with pytest.raises(ValueError, match=r"^defense 'fedgrad': the saved state has format version 0, this code reads "
+                                         r"version 1; it was written by another version of fedgrad_core: resume "
+                                         r"with that version or start the run afresh$"):
+        fedgrad.load_state_dict(stale)
