@@ -15,8 +15,9 @@ tests that cover its function (``mutants/mutmut-stats.json``, written by ``mutmu
 the unmutated code must pass the same tests again, so a mutant that left state behind stops the
 run instead of faking kills (on base.py that check stopped a run; the workspace is the one piece of
 state the package keeps between calls).  Results are appended to a JSON-lines file, so a stopped
-run resumes where it was.  Checked against ``mutmut run`` on 52
-FedGrad mutants (27 survivors, 25 killed): the same status for every one.
+run resumes where it was.  Its first version (the same per-mutant run, before the workspace release,
+the ``--tests`` option and the listing from the mutated sources) was checked against ``mutmut run``
+on 52 FedGrad mutants (27 survivors, 25 killed): the same status for every one.
 """
 
 from __future__ import annotations
